@@ -1,0 +1,90 @@
+"""The `unclip` command. Parsing lives here; each command's work lives in the module it names, imported
+only when that command runs (so `unclip gateway` never imports torch)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _sampling_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", type=Path, help="checkpoint folder (default: the shipped one)")
+    parser.add_argument("--size", type=int, choices=(64, 256, 1024), default=None, help="output pixels")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="auto | cpu | cuda")
+    parser.add_argument("--prior-steps", type=int)
+    parser.add_argument("--decoder-steps", type=int)
+    parser.add_argument("--prior-guidance", type=float)
+    parser.add_argument("--decoder-guidance", type=float)
+    parser.add_argument("-o", "--output", type=Path, default=Path("out.png"),
+                        help="PNG path; several images get -0, -1, ... before the suffix")
+
+
+def _server_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=None)
+    parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--checkpoint", type=Path, default=None)
+    parser.add_argument("--redis-url", default=None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unclip", description="Serve and run the unCLIP image generator.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="gateway + one worker (+ embedded Redis) on this machine")
+    _server_flags(serve)
+    gateway = commands.add_parser("gateway", help="the HTTP gateway only (no torch)")
+    _server_flags(gateway)
+    worker = commands.add_parser("worker", help="one worker that runs queued jobs")
+    _server_flags(worker)
+
+    generate = commands.add_parser("generate", help="text → images, in-process")
+    generate.add_argument("prompt")
+    generate.add_argument("--n", type=int, default=1)
+    _sampling_flags(generate)
+
+    vary = commands.add_parser("vary", help="variations of an image, in-process")
+    vary.add_argument("image", type=Path)
+    vary.add_argument("--n", type=int, default=1)
+    vary.add_argument("--eta", type=float, default=None, help="0 reconstructs; larger varies more")
+    _sampling_flags(vary)
+
+    interpolate = commands.add_parser("interpolate", help="frames between two images, in-process")
+    interpolate.add_argument("image_a", type=Path)
+    interpolate.add_argument("image_b", type=Path)
+    interpolate.add_argument("--frames", type=int, default=5)
+    _sampling_flags(interpolate)
+
+    text_diff = commands.add_parser("text-diff", help="move an image toward a caption, in-process")
+    text_diff.add_argument("image", type=Path)
+    text_diff.add_argument("prompt")
+    text_diff.add_argument("--source-caption", default="a photo")
+    text_diff.add_argument("--frames", type=int, default=5)
+    _sampling_flags(text_diff)
+
+    inpaint = commands.add_parser("inpaint", help="repaint the white area of a mask, in-process")
+    inpaint.add_argument("image", type=Path)
+    inpaint.add_argument("mask", type=Path, help="white pixels = repaint")
+    inpaint.add_argument("prompt")
+    _sampling_flags(inpaint)
+
+    init = commands.add_parser("init-checkpoint", help="write a checkpoint with random weights")
+    init.add_argument("out_dir", type=Path)
+    init.add_argument("--config", default="tiny", help="named size (tiny, small)")
+    init.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command in ("serve", "gateway", "worker"):
+        from service import serve as commands
+    else:
+        from service import local as commands
+    return int(commands.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

