@@ -1,0 +1,332 @@
+"""Configurations of every network in the stack: plain dataclasses that round-trip through JSON.
+
+`UnCLIPConfig.to_dict()` is what a checkpoint's `unclip.json` holds; `UnCLIPConfig.from_dict` reads it
+back. Lists in JSON become tuples here so configs stay hashable and comparable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+SCHEDULES = ("cosine", "linear")
+PREDICTIONS = ("eps", "x0")
+ACTIVATIONS = ("quick_gelu", "gelu")
+UNET_KINDS = ("decoder", "sr")
+
+
+class _JSONConfig:
+    """asdict / from_dict for flat dataclasses whose tuple fields arrive from JSON as lists."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**values)
+
+
+@dataclass
+class DiffusionConfig(_JSONConfig):
+    """How a component was trained; the sampler reads it."""
+
+    schedule: str = "cosine"
+    timesteps: int = 1000
+    predict: str = "eps"
+    learned_variance: bool = False  # True: the model outputs 2*C channels (eps, v) as improved DDPM / Karlo
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.predict not in PREDICTIONS:
+            raise ValueError(f"predict must be one of {PREDICTIONS}, got {self.predict!r}")
+
+
+@dataclass
+class CLIPConfig(_JSONConfig):
+    """OpenAI CLIP (ViT image tower) hyper-parameters under their OpenAI names."""
+
+    embed_dim: int = 512
+    image_size: int = 224
+    patch_size: int = 32
+    vision_width: int = 768
+    vision_layers: int = 12
+    vision_heads: int = 12
+    vocab_size: int = 49408
+    context_length: int = 77
+    text_width: int = 512
+    text_layers: int = 12
+    text_heads: int = 8
+    activation: str = "quick_gelu"  # OpenAI CLIP: quick_gelu; some HF/OpenCLIP models: gelu
+    layer_norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
+            )
+
+
+@dataclass
+class PriorConfig(_JSONConfig):
+    """The decoder-only causal transformer prior over CLIP embeddings of size `embed_dim`."""
+
+    embed_dim: int = 512  # E, the CLIP joint-space size
+    text_width: int = 512  # W, the CLIP text transformer's width (its token states)
+    context_length: int = 77
+    width: int = 1024
+    layers: int = 12
+    heads: int = 16
+    embed_scale: float | None = None  # None: sqrt(embed_dim), the paper's scale of unit CLIP vectors
+
+    def __post_init__(self) -> None:
+        if self.embed_scale is None:
+            self.embed_scale = math.sqrt(self.embed_dim)
+        if self.width % self.heads:
+            raise ValueError(f"prior width {self.width} is not divisible by heads {self.heads}")
+
+
+@dataclass
+class UNetConfig(_JSONConfig):
+    """A GLIDE/ADM UNet; `kind` picks the conditioned subclass (decoder: CLIP + text, sr: low-res image).
+
+    `in_channels` is what the first convolution sees: decoder 3, or 7 with GLIDE's inpainting input
+    (x_t, masked image, mask); super-resolution 6 (x_t and the upsampled low-resolution image).
+    """
+
+    kind: str = "decoder"
+    image_size: int = 64
+    in_channels: int = 3
+    out_channels: int = 3  # 6 with learned variance
+    model_channels: int = 128
+    channel_mult: tuple[int, ...] = (1, 2, 3, 4)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (32, 16, 8)  # in pixels
+    num_head_channels: int = 64
+    dropout: float = 0.0
+    norm_groups: int = 32
+    # Decoder only: the conditioning it attends to.
+    clip_embed_dim: int = 0  # E
+    text_width: int = 0  # W of the CLIP token states
+    context_width: int = 0  # width the text tokens and CLIP tokens are projected to
+    clip_context_tokens: int = 4
+
+    def __post_init__(self) -> None:
+        if self.kind not in UNET_KINDS:
+            raise ValueError(f"UNet kind must be one of {UNET_KINDS}, got {self.kind!r}")
+        if self.kind == "decoder" and self.in_channels not in (3, 7):
+            raise ValueError(f"a decoder takes 3 or 7 (inpainting) input channels, got {self.in_channels}")
+        if self.kind == "decoder" and min(self.clip_embed_dim, self.text_width, self.context_width) <= 0:
+            raise ValueError("a decoder needs clip_embed_dim, text_width and context_width")
+        if self.kind == "sr" and self.in_channels != 6:
+            raise ValueError(f"an upsampler takes 6 input channels (x_t + low-res), got {self.in_channels}")
+        if self.out_channels not in (3, 6):
+            raise ValueError(f"out_channels must be 3 or 6 (learned variance), got {self.out_channels}")
+
+
+@dataclass
+class SamplingDefaults(_JSONConfig):
+    """The default `models.pipeline.Sampling` of a checkpoint (same fields)."""
+
+    size: int = 1024
+    prior_steps: int = 25
+    prior_guidance: float = 4.0
+    decoder_steps: int = 25
+    decoder_guidance: float = 8.0
+    sr256_steps: int = 7
+    sr1024_steps: int = 7
+
+
+@dataclass
+class UnCLIPConfig:
+    clip: CLIPConfig
+    prior: PriorConfig
+    decoder: UNetConfig
+    sr256: UNetConfig
+    sr1024: UNetConfig | None
+    sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
+    prior_diffusion: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(predict="x0"))
+    decoder_diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    sr256_diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    sr1024_diffusion: DiffusionConfig | None = field(default_factory=DiffusionConfig)
+
+    def __post_init__(self) -> None:
+        clip, prior = self.clip, self.prior
+        if (prior.embed_dim, prior.text_width, prior.context_length) != (
+            clip.embed_dim,
+            clip.text_width,
+            clip.context_length,
+        ):
+            raise ValueError("prior embed_dim/text_width/context_length must match the CLIP config")
+        if (self.decoder.clip_embed_dim, self.decoder.text_width) != (clip.embed_dim, clip.text_width):
+            raise ValueError("decoder clip_embed_dim/text_width must match the CLIP config")
+        if (self.sr1024 is None) != (self.sr1024_diffusion is None):
+            raise ValueError("sr1024 and sr1024_diffusion must both be set or both be None")
+        for name in ("decoder", "sr256", "sr1024"):
+            unet, diffusion = getattr(self, name), getattr(self, f"{name}_diffusion")
+            if unet is not None and unet.out_channels != (6 if diffusion.learned_variance else 3):
+                raise ValueError(f"{name}: out_channels {unet.out_channels} does not match learned_variance")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: None if (v := getattr(self, f.name)) is None else v.to_dict() for f in _FIELDS}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> UnCLIPConfig:
+        unknown = sorted(set(data) - {f.name for f in _FIELDS})
+        if unknown:
+            raise ValueError(f"UnCLIPConfig: unknown field(s) {unknown}")
+        values = {}
+        for f in _FIELDS:
+            if f.name in data:
+                values[f.name] = (
+                    None if data[f.name] is None else _FIELD_TYPES[f.name].from_dict(data[f.name])
+                )
+        return cls(**values)
+
+
+_FIELDS = dataclasses.fields(UnCLIPConfig)
+_FIELD_TYPES: dict[str, type[_JSONConfig]] = {
+    "clip": CLIPConfig,
+    "prior": PriorConfig,
+    "decoder": UNetConfig,
+    "sr256": UNetConfig,
+    "sr1024": UNetConfig,
+    "sampling": SamplingDefaults,
+    "prior_diffusion": DiffusionConfig,
+    "decoder_diffusion": DiffusionConfig,
+    "sr256_diffusion": DiffusionConfig,
+    "sr1024_diffusion": DiffusionConfig,
+}
+
+
+def _tiny() -> UnCLIPConfig:
+    """Every test runs on it in seconds on a CPU; the image sizes 64/256/1024 stay real."""
+    clip = CLIPConfig(
+        embed_dim=32,
+        image_size=32,
+        patch_size=8,
+        vision_width=32,
+        vision_layers=2,
+        vision_heads=2,
+        vocab_size=1024,  # room for build_tokenizer's byte tokens, merges and the two specials
+        text_width=32,
+        text_layers=2,
+        text_heads=2,
+    )
+    return UnCLIPConfig(
+        clip=clip,
+        prior=PriorConfig(embed_dim=32, text_width=32, width=64, layers=2, heads=2),
+        decoder=UNetConfig(
+            kind="decoder",
+            image_size=64,
+            in_channels=7,
+            out_channels=6,
+            model_channels=16,
+            channel_mult=(1, 2, 2, 2),
+            num_res_blocks=1,
+            attention_resolutions=(16, 8),
+            num_head_channels=16,
+            norm_groups=8,
+            clip_embed_dim=32,
+            text_width=32,
+            context_width=32,
+        ),
+        sr256=UNetConfig(
+            kind="sr",
+            image_size=256,
+            in_channels=6,
+            model_channels=16,
+            channel_mult=(1, 1, 2, 2),
+            num_res_blocks=1,
+            attention_resolutions=(32,),
+            num_head_channels=16,
+            norm_groups=8,
+        ),
+        sr1024=UNetConfig(
+            kind="sr",
+            image_size=1024,
+            in_channels=6,
+            model_channels=8,
+            channel_mult=(1, 1, 2, 2),
+            num_res_blocks=1,
+            attention_resolutions=(),
+            norm_groups=8,
+        ),
+        decoder_diffusion=DiffusionConfig(learned_variance=True),
+        prior_diffusion=DiffusionConfig(predict="x0"),
+    )
+
+
+def _small() -> UnCLIPConfig:
+    """The size of the shipped shapes-world model: a few million parameters in all."""
+    clip = CLIPConfig(
+        embed_dim=64,
+        image_size=64,
+        patch_size=8,
+        vision_width=128,
+        vision_layers=4,
+        vision_heads=4,
+        vocab_size=1024,
+        text_width=128,
+        text_layers=4,
+        text_heads=4,
+    )
+    return UnCLIPConfig(
+        clip=clip,
+        prior=PriorConfig(embed_dim=64, text_width=128, width=128, layers=4, heads=4),
+        decoder=UNetConfig(  # ~1.6M parameters: channels 32/64/64, attention at the lowest level only
+            kind="decoder",
+            image_size=64,
+            in_channels=7,
+            out_channels=6,
+            model_channels=32,
+            channel_mult=(1, 2, 2),
+            num_res_blocks=1,
+            attention_resolutions=(16,),
+            num_head_channels=32,
+            norm_groups=16,
+            clip_embed_dim=64,
+            text_width=128,
+            context_width=64,
+        ),
+        sr256=UNetConfig(
+            kind="sr",
+            image_size=256,
+            in_channels=6,
+            model_channels=16,
+            channel_mult=(1, 2, 2, 4),
+            num_res_blocks=1,
+            attention_resolutions=(),
+            norm_groups=8,
+        ),
+        sr1024=UNetConfig(
+            kind="sr",
+            image_size=1024,
+            in_channels=6,
+            model_channels=8,
+            channel_mult=(1, 2, 2, 4),
+            num_res_blocks=1,
+            attention_resolutions=(),
+            norm_groups=8,
+        ),
+        decoder_diffusion=DiffusionConfig(learned_variance=True),
+        prior_diffusion=DiffusionConfig(predict="x0"),
+    )
+
+
+NAMED_CONFIGS = {"tiny": _tiny, "small": _small}
+
+
+def named_config(name: str) -> UnCLIPConfig:
+    if name not in NAMED_CONFIGS:
+        raise ValueError(f"unknown config {name!r}; choose one of {sorted(NAMED_CONFIGS)}")
+    return NAMED_CONFIGS[name]()

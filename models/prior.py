@@ -1,0 +1,71 @@
+"""The diffusion prior of unCLIP (Ramesh et al. 2022, §2.1): a decoder-only causal transformer.
+
+Its sequence is `[L projected CLIP text tokens, text embedding, timestep embedding, noised image
+embedding x_t, learned query]`; the query's output predicts x0, the clean CLIP image embedding. All
+embeddings live in diffusion space: unit CLIP vectors times `embed_scale` (≈ sqrt(E), so that their
+entries have unit variance like the noise). Rows with `drop_text` see a learned null text instead
+(classifier-free guidance, and the 10 % text dropout of training).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.clip import LayerNorm, TextEncoding, Transformer
+from models.config import PriorConfig
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding `[B, dim]` of integer timesteps `[B]` (Transformer / ADM), in float32."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    return F.pad(embedding, (0, dim % 2))
+
+
+class DiffusionPrior(nn.Module):
+    extra_tokens = 4  # text embedding, timestep, x_t, query
+
+    def __init__(self, config: PriorConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_scale = float(config.embed_scale)  # type: ignore[arg-type]
+        width, length = config.width, config.context_length
+        self.text_states_proj = nn.Linear(config.text_width, width)
+        self.text_embed_proj = nn.Linear(config.embed_dim, width)
+        self.time_embed = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.image_embed_proj = nn.Linear(config.embed_dim, width)
+        self.query = nn.Parameter(torch.randn(width) * width**-0.5)
+        self.null_text_states = nn.Parameter(torch.randn(length, width) * width**-0.5)
+        self.null_text_embed = nn.Parameter(torch.randn(width) * width**-0.5)
+        self.positional_embedding = nn.Parameter(torch.randn(length + self.extra_tokens, width) * 0.01)
+        self.transformer = Transformer(width, config.layers, config.heads, activation="gelu")
+        self.ln_final = LayerNorm(width)
+        self.out_proj = nn.Linear(width, config.embed_dim)
+
+    def forward(
+        self, x_t: torch.Tensor, t: torch.Tensor, text: TextEncoding, drop_text: torch.Tensor
+    ) -> torch.Tensor:
+        """x_t `[B, E]`, t `[B]`, text of B prompts, drop_text `[B]` bool → predicted x0 `[B, E]`."""
+        dtype = self.out_proj.weight.dtype
+        batch, length = x_t.shape[0], text.states.shape[1]
+        drop = drop_text.to(x_t.device)
+        text_states = self.text_states_proj(text.states.to(dtype))  # [B, L, width]
+        text_states = torch.where(drop[:, None, None], self.null_text_states[:length], text_states)
+        text_embed = self.text_embed_proj(text.embeds.to(dtype) * self.embed_scale)  # [B, width]
+        text_embed = torch.where(drop[:, None], self.null_text_embed, text_embed)
+        time = self.time_embed(timestep_embedding(t, self.config.width).to(dtype))
+        image = self.image_embed_proj(x_t.to(dtype))
+        query = self.query.expand(batch, -1)
+        tokens = torch.cat([text_states, torch.stack([text_embed, time, image, query], dim=1)], dim=1)
+        tokens = tokens + self.positional_embedding[: length + self.extra_tokens]
+        # The null text is a full learned sequence, so dropped rows attend to all of it.
+        text_mask = text.mask.to(x_t.device) | drop[:, None]
+        key_padding_mask = F.pad(text_mask, (0, self.extra_tokens), value=True)  # [B, L + 4]
+        out = self.transformer(tokens, key_padding_mask=key_padding_mask, causal=True)
+        return self.out_proj(self.ln_final(out[:, -1]))

@@ -1,0 +1,302 @@
+"""GLIDE/ADM UNets (Dhariwal & Nichol 2021; Nichol et al. 2022) for the decoder and the two upsamplers.
+
+`UNet` is the plain denoiser `(x_t, t) → output`: residual blocks whose GroupNorm is scaled and shifted
+by the timestep embedding, strided-conv downsampling, nearest+conv upsampling, and self-attention at the
+configured resolutions (heads of `num_head_channels`). Conditioned models are small subclasses whose
+`forward` adds inputs:
+- `DecoderUNet` (unCLIP §2.2): the CLIP image embedding is added to the timestep embedding and also
+  projected to 4 context tokens put in front of the projected CLIP text tokens; every attention layer's
+  keys/values are `[context tokens, spatial tokens]`. Optional GLIDE inpainting input (7 channels).
+- `SuperResUNet`: the low-resolution image, upsampled bilinearly, is concatenated to x_t.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.attention import attention
+from models.clip import LayerNorm
+from models.config import UNetConfig
+from models.prior import timestep_embedding
+
+
+class GroupNorm(nn.GroupNorm):
+    """Normalises in float32 whatever the input dtype (fp16 statistics are too coarse)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).to(
+            x.dtype
+        )
+
+
+def group_norm(channels: int, groups: int) -> GroupNorm:
+    return GroupNorm(math.gcd(groups, channels), channels)
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Output layers start at zero so every residual branch starts as the identity."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class ResBlock(nn.Module):
+    def __init__(
+        self, channels: int, out_channels: int, emb_channels: int, dropout: float, groups: int
+    ) -> None:
+        super().__init__()
+        self.in_layers = nn.Sequential(
+            group_norm(channels, groups), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
+        )
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels))
+        self.out_norm = group_norm(out_channels, groups)
+        self.out_layers = nn.Sequential(
+            nn.SiLU(), nn.Dropout(dropout), zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
+        )
+        self.skip = nn.Identity() if channels == out_channels else nn.Conv2d(channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """x `[B, C, H, W]`, emb `[B, T]` → `[B, C_out, H, W]`."""
+        h = self.in_layers(x)
+        scale, shift = self.emb_layers(emb)[:, :, None, None].chunk(2, dim=1)
+        h = self.out_norm(h) * (1 + scale) + shift
+        return self.skip(x) + self.out_layers(h)
+
+
+class AttentionBlock(nn.Module):
+    """Self-attention over the H*W positions; with a context, keys/values are `[context, spatial]`."""
+
+    def __init__(self, channels: int, head_channels: int, groups: int, context_width: int = 0) -> None:
+        super().__init__()
+        if channels % head_channels:
+            raise ValueError(f"{channels} channels are not a multiple of num_head_channels {head_channels}")
+        self.heads = channels // head_channels
+        self.norm = group_norm(channels, groups)
+        self.qkv = nn.Conv1d(channels, 3 * channels, 1)
+        self.encoder_kv = nn.Conv1d(context_width, 2 * channels, 1) if context_width else None
+        self.proj_out = zero_module(nn.Conv1d(channels, channels, 1))
+
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x `[B, C, H, W]`, context `[B, N, context_width]`, context_mask `[B, N]` bool (True = real)."""
+        b, c, height, width = x.shape
+        heads, d = self.heads, c // self.heads
+        qkv = self.qkv(self.norm(x).reshape(b, c, -1))  # [B, 3C, HW]
+        q, k, v = qkv.reshape(b, 3, heads, d, -1).transpose(-1, -2).unbind(1)  # 3 x [B, H, HW, D]
+        key_padding_mask = None
+        if self.encoder_kv is not None and context is not None:
+            context_kv = self.encoder_kv(context.transpose(1, 2))  # [B, 2C, N]
+            ck, cv = context_kv.reshape(b, 2, heads, d, -1).transpose(-1, -2).unbind(1)  # 2 x [B, H, N, D]
+            k, v = torch.cat([ck, k], dim=2), torch.cat([cv, v], dim=2)  # [B, H, N + HW, D]
+            if context_mask is not None:
+                spatial = torch.ones(b, height * width, dtype=torch.bool, device=x.device)
+                key_padding_mask = torch.cat([context_mask.to(x.device), spatial], dim=1)
+        out = attention(q, k, v, key_padding_mask=key_padding_mask)  # [B, H, HW, D]
+        out = out.transpose(-1, -2).reshape(b, c, -1)
+        return x + self.proj_out(out).reshape(b, c, height, width)
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class TimestepSequential(nn.Sequential):
+    """Runs layers in order, handing each the inputs it takes (emb to ResBlocks, context to attention)."""
+
+    def forward(  # type: ignore[override]
+        self,
+        x: torch.Tensor,
+        emb: torch.Tensor,
+        context: torch.Tensor | None,
+        context_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        for layer in self:
+            if isinstance(layer, ResBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, AttentionBlock):
+                x = layer(x, context, context_mask)
+            else:
+                x = layer(x)
+        return x
+
+
+class UNet(nn.Module):
+    def __init__(self, config: UNetConfig, context_width: int = 0) -> None:
+        super().__init__()
+        self.config = config
+        self.in_channels = config.in_channels
+        self.out_channels = config.out_channels
+        mc, groups = config.model_channels, config.norm_groups
+        self.time_embed_dim = 4 * mc
+        self.time_embed = nn.Sequential(
+            nn.Linear(mc, self.time_embed_dim), nn.SiLU(), nn.Linear(self.time_embed_dim, self.time_embed_dim)
+        )
+
+        def res(cin: int, cout: int) -> ResBlock:
+            return ResBlock(cin, cout, self.time_embed_dim, config.dropout, groups)
+
+        def attn(channels: int) -> AttentionBlock:
+            return AttentionBlock(channels, min(channels, config.num_head_channels), groups, context_width)
+
+        self.input_blocks = nn.ModuleList(
+            [TimestepSequential(nn.Conv2d(config.in_channels, mc, 3, padding=1))]
+        )
+        skip_channels, ch, resolution = [mc], mc, config.image_size
+        for level, mult in enumerate(config.channel_mult):
+            for _ in range(config.num_res_blocks):
+                layers: list[nn.Module] = [res(ch, mult * mc)]
+                ch = mult * mc
+                if resolution in config.attention_resolutions:
+                    layers.append(attn(ch))
+                self.input_blocks.append(TimestepSequential(*layers))
+                skip_channels.append(ch)
+            if level < len(config.channel_mult) - 1:
+                self.input_blocks.append(TimestepSequential(Downsample(ch)))
+                skip_channels.append(ch)
+                resolution //= 2
+
+        # The middle block attends only when the model has attention at all (sr1024 is convolutions only).
+        middle: list[nn.Module] = [
+            res(ch, ch),
+            *([attn(ch)] if config.attention_resolutions else []),
+            res(ch, ch),
+        ]
+        self.middle_block = TimestepSequential(*middle)
+
+        self.output_blocks = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(config.channel_mult))):
+            for i in range(config.num_res_blocks + 1):
+                layers = [res(ch + skip_channels.pop(), mult * mc)]
+                ch = mult * mc
+                if resolution in config.attention_resolutions:
+                    layers.append(attn(ch))
+                if level and i == config.num_res_blocks:
+                    layers.append(Upsample(ch))
+                    resolution *= 2
+                self.output_blocks.append(TimestepSequential(*layers))
+
+        self.out = nn.Sequential(
+            group_norm(ch, groups), nn.SiLU(), zero_module(nn.Conv2d(ch, config.out_channels, 3, padding=1))
+        )
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.time_embed[0].weight.dtype
+
+    def timestep_embed(self, t: torch.Tensor) -> torch.Tensor:
+        """t `[B]` → `[B, 4 * model_channels]`."""
+        return self.time_embed(timestep_embedding(t, self.config.model_channels).to(self.dtype))
+
+    def denoise(
+        self,
+        x: torch.Tensor,
+        emb: torch.Tensor,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The UNet body: x `[B, in_channels, H, W]`, emb `[B, T]` → `[B, out_channels, H, W]`."""
+        h = x.to(self.dtype)
+        skips = []
+        for block in self.input_blocks:
+            h = block(h, emb, context, context_mask)
+            skips.append(h)
+        h = self.middle_block(h, emb, context, context_mask)
+        for block in self.output_blocks:
+            h = block(torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
+        return self.out(h)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.denoise(x, self.timestep_embed(t))
+
+
+class DecoderUNet(UNet):
+    """The unCLIP decoder: x_t `[B, 3, H, W]` conditioned on a CLIP image embedding and CLIP text tokens.
+
+    Guidance "null": image_embed zeros and text_mask all False (the CLIP tokens keep every row non-empty).
+    """
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__(config, context_width=config.context_width)
+        self.supports_inpainting = config.in_channels == 7
+        self.clip_context_tokens = config.clip_context_tokens
+        self.clip_time_proj = nn.Linear(config.clip_embed_dim, self.time_embed_dim)
+        self.clip_tokens_proj = nn.Linear(
+            config.clip_embed_dim, config.clip_context_tokens * config.context_width
+        )
+        self.text_proj = nn.Linear(config.text_width, config.context_width)
+        self.text_norm = LayerNorm(config.context_width)
+
+    def forward(  # type: ignore[override]
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        image_embed: torch.Tensor,
+        text_states: torch.Tensor,
+        text_mask: torch.Tensor,
+        inpaint_image: torch.Tensor | None = None,
+        inpaint_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x `[B, 3, H, W]`, t `[B]`, image_embed `[B, E]`, text_states `[B, L, W]`, text_mask `[B, L]`.
+
+        Inpainting (GLIDE): inpaint_image `[B, 3, H, W]` in [-1, 1] and inpaint_mask `[B, 1, H, W]` with
+        1 where the image is known (kept) and 0 where it is to be filled. An inpainting model given
+        neither sees "nothing known" and generates freely.
+        """
+        dtype = self.dtype
+        image_embed = image_embed.to(dtype)
+        emb = self.timestep_embed(t) + self.clip_time_proj(image_embed)  # [B, T]
+        clip_tokens = self.clip_tokens_proj(image_embed).view(x.shape[0], self.clip_context_tokens, -1)
+        text_tokens = self.text_norm(self.text_proj(text_states.to(dtype)))  # [B, L, context_width]
+        context = torch.cat([clip_tokens, text_tokens], dim=1)  # [B, 4 + L, context_width]
+        context_mask = F.pad(text_mask.bool(), (self.clip_context_tokens, 0), value=True)  # [B, 4 + L]
+        return self.denoise(
+            self._with_inpainting_input(x, inpaint_image, inpaint_mask), emb, context, context_mask
+        )
+
+    def _with_inpainting_input(
+        self, x: torch.Tensor, image: torch.Tensor | None, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        if (image is None) != (mask is None):
+            raise ValueError("inpaint_image and inpaint_mask go together")
+        if not self.supports_inpainting:
+            if image is not None:
+                raise ValueError("this decoder was not trained with the inpainting input (in_channels 3)")
+            return x
+        if image is None or mask is None:
+            image = torch.zeros_like(x)
+            mask = torch.zeros_like(x[:, :1])
+        mask = mask.to(x.dtype)
+        return torch.cat([x, image.to(x.dtype) * mask, mask], dim=1)  # [B, 7, H, W]
+
+
+class SuperResUNet(UNet):
+    """An upsampler: x_t `[B, 3, H, W]` conditioned on the low-resolution image `[B, 3, h, w]`."""
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, low_res: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        upsampled = F.interpolate(
+            low_res.to(x.dtype), size=x.shape[-2:], mode="bilinear", align_corners=False
+        )
+        return super().forward(torch.cat([x, upsampled], dim=1), t)
+
+
+def build_unet(config: UNetConfig) -> DecoderUNet | SuperResUNet:
+    return DecoderUNet(config) if config.kind == "decoder" else SuperResUNet(config)
