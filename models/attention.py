@@ -1,19 +1,39 @@
 """The one attention function every layer of the stack calls, so a kernel can plug in behind one seam.
 
 q `[B, H, Sq, D]`, k/v `[B, H, Skv, D]`, key_padding_mask `[B, Skv]` bool (True = attend) →
-`[B, H, Sq, D]`.
+`[B, H, Sq, D]`, scaled by 1/√D.
+
+Backends:
+- "triton": `models.kernels.flash_attention` (CUDA; CPU tensors only under TRITON_INTERPRET=1). Raises
+  ValueError for inputs it cannot run (e.g. tensors that require grad: it has no backward).
+- "sdpa": `torch.nn.functional.scaled_dot_product_attention`.
+- "auto" (the default): Triton for fp16/bf16 CUDA inputs it supports, else SDPA (CPU, fp32, training,
+  no Triton installed).
+The backend that ran is logged once per shape class at INFO on the "models.attention" logger.
+
+Both backends follow one masking contract (the float64 reference in `models.kernels.reference` too):
+- causal is aligned to the end: query i sees key j iff j <= i + (Skv - Sq). With Sq == Skv (how the prior
+  and the CLIP text encoder call it) that is the usual j <= i.
+- a query row with no visible key (all its keys padded, or one of the first Sq - Skv rows under causal)
+  outputs zeros, never NaN. The SDPA path enforces it explicitly, because not every SDPA kernel does.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
 
 BACKENDS = ("auto", "triton", "sdpa")
+# fp32 runs the kernel's IEEE-fp32 dots on CUDA cores: correct, not faster than SDPA; auto leaves it there.
+AUTO_TRITON_DTYPES = (torch.float16, torch.bfloat16)
 _default_backend = "auto"
+_logged_shape_classes: set[tuple[object, ...]] = set()
+logger = logging.getLogger(__name__)
 
 
 def set_default_backend(name: str) -> None:
@@ -43,8 +63,22 @@ def attention(
     causal: bool = False,
     backend: str | None = None,
 ) -> torch.Tensor:
+    """q `[B, H, Sq, D]`, k/v `[B, H, Skv, D]` → `[B, H, Sq, D]`; backend None = the default (see above)."""
     backend = backend or _default_backend
-    # TODO(issue 4): the Triton kernel goes here; until then every backend runs SDPA.
+    if backend not in BACKENDS:
+        raise ValueError(f"attention backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        fast_path = q.is_cuda and q.dtype in AUTO_TRITON_DTYPES
+        backend = "triton" if fast_path and _triton_reason(q, k, v, key_padding_mask) is None else "sdpa"
+    elif backend == "triton":
+        reason = _triton_reason(q, k, v, key_padding_mask)
+        if reason is not None:
+            raise ValueError(f"attention backend 'triton' cannot run these inputs: {reason}")
+    _log_once(backend, q, k, key_padding_mask, causal)
+    if backend == "triton":
+        kernels = _flash_attention_module()
+        assert kernels is not None  # _triton_reason said it imports
+        return kernels.flash_attention(q, k, v, key_padding_mask=key_padding_mask, causal=causal)
     return sdpa_attention(q, k, v, key_padding_mask=key_padding_mask, causal=causal)
 
 
@@ -56,12 +90,63 @@ def sdpa_attention(
     key_padding_mask: torch.Tensor | None = None,
     causal: bool = False,
 ) -> torch.Tensor:
-    mask = None
+    """The SDPA backend under this module's masking contract (end-aligned causal, empty rows → zeros)."""
+    sq, skv = q.shape[-2], k.shape[-2]
+    if key_padding_mask is None and (not causal or sq == skv):
+        # No row can be fully masked: let SDPA pick its fastest kernel (is_causal is top-left aligned,
+        # which equals end-aligned only when Sq == Skv).
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    mask = torch.ones(1, 1, 1, skv, dtype=torch.bool, device=q.device)
     if key_padding_mask is not None:
-        mask = key_padding_mask[:, None, None, :]  # [B, 1, 1, Skv], broadcast over heads and queries
-        if causal:
-            sq, skv = q.shape[-2], k.shape[-2]
-            # Causal aligned to the end: query i sees keys j <= i + (Skv - Sq).
-            mask = mask & torch.ones(sq, skv, dtype=torch.bool, device=q.device).tril(skv - sq)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        mask = key_padding_mask.to(device=q.device, dtype=torch.bool)[:, None, None, :]  # [B, 1, 1, Skv]
+    if causal:
+        mask = mask & torch.ones(sq, skv, dtype=torch.bool, device=q.device).tril(skv - sq)  # [B, 1, Sq, Skv]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    # Rows with no visible key: some SDPA kernels give NaN there, the contract says zeros.
+    return out.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
+
+
+def _triton_reason(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None
+) -> str | None:
+    """Why the Triton kernel cannot run these inputs (None = it can)."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        return f"needs 4-d [B, H, S, D] tensors, got {q.dim()}/{k.dim()}/{v.dim()}-d"
+    kernels = _flash_attention_module()
+    if kernels is None:
+        return "triton is not installed"
+    return kernels.unsupported_reason(q, k, v, key_padding_mask)
+
+
+_kernel_module: ModuleType | None = None
+_kernel_import_failed = False
+
+
+def _flash_attention_module() -> ModuleType | None:
+    """Imports the kernel on first use: Triton reads TRITON_INTERPRET when the kernel is defined, and a
+    CPU-only process that never asks for Triton should not pay for importing it."""
+    global _kernel_module, _kernel_import_failed
+    if _kernel_module is None and not _kernel_import_failed:
+        try:
+            from models.kernels import flash_attention
+        except ImportError:
+            _kernel_import_failed = True
+        else:
+            _kernel_module = flash_attention
+    return _kernel_module
+
+
+def _log_once(
+    backend: str, q: torch.Tensor, k: torch.Tensor, key_padding_mask: torch.Tensor | None, causal: bool
+) -> None:
+    """Logs which backend ran, once per shape class (everything but the batch size)."""
+    heads, seq_q, head_dim = q.shape[-3], q.shape[-2], q.shape[-1]
+    masked = key_padding_mask is not None
+    shape_class = (backend, q.device.type, q.dtype, heads, seq_q, k.shape[-2], head_dim, causal, masked)
+    if shape_class in _logged_shape_classes:
+        return
+    _logged_shape_classes.add(shape_class)
+    logger.info(
+        "attention backend %s: %s %s heads=%d Sq=%d Skv=%d D=%d causal=%s key_padding_mask=%s",
+        *shape_class,
+    )
