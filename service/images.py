@@ -157,7 +157,9 @@ def downscale(png: bytes, size: int, field: str = "size") -> bytes:
     """A stored result PNG resized to `size`x`size` (Lanczos), for sizes the pipeline does not stop at."""
     image = Image.open(io.BytesIO(png))
     if size > max(image.size):
-        raise ImageError(field, f"can only shrink the {image.width}x{image.height} image, not enlarge it to {size}")
+        raise ImageError(
+            field, f"can only shrink the {image.width}x{image.height} image, not enlarge it to {size}"
+        )
     if image.size == (size, size):
         return png
     return png_bytes(image.convert("RGB").resize((size, size), Image.Resampling.LANCZOS))

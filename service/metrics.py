@@ -10,8 +10,9 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.jobs import STATUSES
+
 log = logging.getLogger("service.access")
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
 class GatewayMetrics:
@@ -37,7 +38,7 @@ class GatewayMetrics:
 
     def set_queue(self, depth: int, counts: dict[str, int]) -> None:
         self.queue_depth.set(depth)
-        for status in sorted(set(JOB_STATUSES) | set(counts)):
+        for status in sorted(set(STATUSES) | set(counts)):
             self.jobs.labels(status=status).set(counts.get(status, 0))
 
 
@@ -48,7 +49,7 @@ def route_label(scope: Scope) -> str:
 
 
 class RequestMetricsMiddleware:
-    """Counts, times and logs (one JSON line) every HTTP request."""
+    """Counts, times and logs (one JSON line, with `job_id` on the job routes) every HTTP request."""
 
     def __init__(self, app: ASGIApp, metrics: GatewayMetrics):
         self.app = app
@@ -74,13 +75,14 @@ class RequestMetricsMiddleware:
             route = route_label(scope)
             self.metrics.requests.labels(scope["method"], route, str(status)).inc()
             self.metrics.latency.labels(scope["method"], route).observe(elapsed)
-            log.info(
-                "request",
-                extra={
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "route": route,
-                    "status": status,
-                    "duration_ms": round(elapsed * 1000, 2),
-                },
-            )
+            fields = {
+                "method": scope["method"],
+                "path": scope["path"],
+                "route": route,
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 2),
+            }
+            job_id = scope.get("path_params", {}).get("job_id")
+            if job_id is not None:
+                fields["job_id"] = job_id
+            log.info("request", extra=fields)

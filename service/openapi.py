@@ -1,7 +1,10 @@
 """Writes openapi.yaml (the HTTP contract at the repository root) from the app itself.
 
-python -m service.openapi            # regenerate ./openapi.yaml
+python -m service.openapi            # regenerate openapi.yaml at the repository root
 python -m service.openapi --check    # exit 1 when the file differs from the app
+python -m service.openapi PATH       # write (or --check) another file
+
+tests/service/test_openapi.py holds the file equal to what a running gateway serves at /openapi.json.
 """
 
 from __future__ import annotations
@@ -24,8 +27,19 @@ def openapi_document() -> dict[str, Any]:
     return create_app(Settings.model_construct()).openapi()
 
 
+class ContractDumper(yaml.SafeDumper):
+    """Multi-line strings (descriptions) as `|` blocks, so the file reads like the docstrings it holds."""
+
+    def represent_str(self, data: str) -> yaml.ScalarNode:
+        style = "|" if "\n" in data else None
+        return self.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+ContractDumper.add_representer(str, ContractDumper.represent_str)
+
+
 def render(document: dict[str, Any]) -> str:
-    return yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=110)
+    return yaml.dump(document, Dumper=ContractDumper, sort_keys=False, allow_unicode=True, width=110)
 
 
 def main(argv: list[str] | None = None) -> int:

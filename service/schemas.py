@@ -2,8 +2,8 @@
 it, and the OpenAI image shapes.
 
 Bounds that come from `Settings` (n ≤ max_images_per_job, frames ≤ max_frames, prompt length) cannot live
-in a static schema; `JobRequest.limit_errors` checks them and the route turns them into the same 422 as
-pydantic's own errors.
+in a static schema; `limit_errors` checks them and the route turns them into the same 422 as pydantic's
+own errors.
 """
 
 from __future__ import annotations
@@ -191,6 +191,7 @@ class JobOut(BaseModel):
                     "progress": {"stage": "decoder", "step": 12, "total": 25},
                     "error": None,
                     "warnings": [],
+                    "cancel_requested": False,
                     "attempts": 1,
                     "created_at": 1764050000.0,
                     "started_at": 1764050001.2,
@@ -212,6 +213,9 @@ class JobOut(BaseModel):
     progress: JobProgressOut | None = None
     error: str | None = None
     warnings: list[str] = Field(default_factory=list)
+    cancel_requested: bool = Field(
+        False, description="DELETE was called on the running job; it turns `cancelled` at its next step."
+    )
     attempts: int = 0
     created_at: float = Field(description="Unix time, seconds.")
     started_at: float | None = None

@@ -96,10 +96,6 @@ def describe_validation_error(error: Mapping[str, Any]) -> tuple[str, str | None
     return (f"{where}: {error.get('msg', '')}" if where else str(error.get("msg", ""))), param
 
 
-def validation_error(errors: list[dict[str, Any]]) -> RequestValidationError:
-    return RequestValidationError(errors)
-
-
 async def handle_api_error(request: Request, error: ApiError) -> JSONResponse:
     if is_openai_route(request):
         status = 400 if error.status == 422 else error.status

@@ -23,7 +23,7 @@ from service.api.deps import AppSettings, BaseUrl, Store
 from service.api.errors import ApiError
 from service.api.submission import image_url, submit_body
 from service.auth import Owner
-from service.jobs import Job, JobStore
+from service.jobs import Job, JobNotFound, JobStore
 from service.schemas import (
     GenerateRequest,
     InpaintRequest,
@@ -46,6 +46,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     429: {"model": OpenAIError, "description": "The queue is full; see the Retry-After header."},
     500: {"model": OpenAIError, "description": "The job failed."},
     504: {"model": OpenAIError, "description": "The job did not finish within UNCLIP_SYNC_TIMEOUT_SECONDS."},
+    # Also keeps FastAPI from documenting its 422: validation errors are 400 here, as in OpenAI's API.
+    "default": {"model": OpenAIError, "description": "Any other error, in the same shape."},
 }
 PIPELINE_SIZE = {"64x64": 64, "256x256": 256, "512x512": 1024, "1024x1024": 1024}
 DELIVERED_SIZE = {"64x64": 64, "256x256": 256, "512x512": 512, "1024x1024": 1024}
@@ -203,20 +205,28 @@ async def run_to_completion(
 
 
 async def finished(store: JobStore, job: Job, owner: str, timeout: float) -> Job:
-    """The job once it succeeded; its failure, cancellation or the timeout as an API error."""
+    """The job once it succeeded; its failure, cancellation or the timeout as an API error. Those errors
+    carry `x-should-retry: false`: the job has run (or is running) already, and the openai client would
+    otherwise resubmit it on a 409 or 5xx."""
     try:
         job = await store.wait(job.id, owner, timeout)
     except TimeoutError:
-        pass
+        job = await store.get(job.id, owner) or job
+    except JobNotFound:
+        raise ended_badly(500, f"job {job.id} vanished from the queue before it ended", "job_lost") from None
     if job.status == "succeeded":
         return job
     if job.status == "failed":
-        raise ApiError(500, f"the job failed: {job.error or 'unknown error'}", code="job_failed")
+        raise ended_badly(500, f"the job failed: {job.error or 'unknown error'}", "job_failed")
     if job.status == "cancelled":
-        raise ApiError(409, f"job {job.id} was cancelled", code="job_cancelled")
-    raise ApiError(
+        raise ended_badly(409, f"job {job.id} was cancelled", "job_cancelled")
+    raise ended_badly(
         504,
         f"job {job.id} did not finish within {timeout:g} s (it is {job.status}); "
         f"poll GET /v1/jobs/{job.id} for it",
-        code="timeout",
+        "timeout",
     )
+
+
+def ended_badly(status: int, message: str, code: str) -> ApiError:
+    return ApiError(status, message, code=code, headers={"X-Should-Retry": "false"})

@@ -11,9 +11,9 @@ from fastapi.responses import StreamingResponse
 from service import images
 from service.api.deps import AppSettings, BaseUrl, Store
 from service.api.errors import ApiError
-from service.api.submission import TERMINAL, job_view, owned_job, submit_body
+from service.api.submission import job_view, owned_job, submit_body
 from service.auth import Owner
-from service.jobs import Job
+from service.jobs import TERMINAL, Job
 from service.schemas import JOB_REQUEST_EXAMPLES, ErrorDetail, JobOut, JobRequest
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])

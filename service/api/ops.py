@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import redis.exceptions
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -10,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from service.api.deps import Store
 
 router = APIRouter(tags=["operations"])
+READY_TIMEOUT_SECONDS = 2.0  # a Redis that accepts connections but does not answer is not ready either
 
 
 @router.get("/healthz", summary="Liveness: the process is up")
@@ -31,8 +34,9 @@ async def healthz() -> dict[str, str]:
 )
 async def readyz(request: Request) -> JSONResponse:
     try:
-        await request.app.state.redis.ping()
-    except (redis.exceptions.RedisError, OSError) as error:
+        async with asyncio.timeout(READY_TIMEOUT_SECONDS):
+            await request.app.state.redis.ping()
+    except (redis.exceptions.RedisError, OSError, TimeoutError) as error:
         return JSONResponse({"status": "unavailable", "redis": repr(error)}, status_code=503)
     return JSONResponse({"status": "ok", "redis": "ok"})
 

@@ -1,14 +1,13 @@
 """From a validated request to a queued job, and from a job to what the API shows.
 
 Shared by the native and the OpenAI-style routes: both build Contract C `params` (images checked and
-re-encoded as base64 PNG, masks as mode "L" with 255 = repaint, a seed drawn when none was given) and
-submit them through the JobStore.
+re-encoded as base64 PNG, masks as mode "L" with 255 = repaint) and submit them through the JobStore,
+which draws a seed when none was given.
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
@@ -29,12 +28,6 @@ from service.schemas import (
 from service.settings import Settings
 
 log = logging.getLogger("service.api")
-TERMINAL = ("succeeded", "failed", "cancelled")
-DRAWN_SEED_BOUND = 2**31  # drawn seeds stay small enough to type back in; given ones may go to 2**63 - 1
-
-
-def draw_seed() -> int:
-    return secrets.randbelow(DRAWN_SEED_BOUND)
 
 
 def job_params(body: BaseModel, settings: Settings) -> dict[str, Any]:
@@ -54,8 +47,6 @@ def job_params(body: BaseModel, settings: Settings) -> dict[str, Any]:
         repaint = images.repaint_mask_from_white(mask)
         images.check_something_to_repaint(repaint, "mask", "white (255) pixels mark the area to repaint")
         params["mask"] = images.png_base64(repaint)
-    if params.get("seed") is None:
-        params["seed"] = draw_seed()
     return params
 
 
@@ -105,6 +96,7 @@ def job_view(job: Job, base_url: str) -> JobOut:
         else None,
         error=job.error,
         warnings=list(job.warnings),
+        cancel_requested=job.cancel_requested,
         attempts=job.attempts,
         created_at=job.created_at,
         started_at=job.started_at,

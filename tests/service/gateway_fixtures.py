@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import io
 import threading
 import time
 from collections.abc import Iterator
@@ -12,9 +9,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
-import redis.asyncio
 import uvicorn
-from PIL import Image
 
 from service.app import create_app
 from service.redis_server import free_port
@@ -59,46 +54,6 @@ def live_gateway(settings: Settings) -> Iterator[LiveGateway]:
         yield gateway
     finally:
         gateway.stop()
-
-
-def rendered_result(op: str, params: dict[str, Any], index: int) -> Image.Image:
-    """What the test executor makes, so tests can tell it reached the worker intact: generate → a solid
-    colour whose red channel is (seed + index) % 256; inpaint → its mask (white = repaint); the other ops
-    → their (first) input image. Always `params["size"]` square."""
-    size = params["size"]
-    if op == "generate":
-        return Image.new("RGB", (size, size), ((params["seed"] + index) % 256, 0, 0))
-    source = params["mask"] if op == "inpaint" else params.get("image") or params["image_a"]
-    picture = Image.open(io.BytesIO(base64.b64decode(source)))
-    return picture.convert("RGB").resize((size, size), Image.Resampling.NEAREST)
-
-
-@contextmanager
-def background_worker(settings: Settings, step_delay: float = 0.0) -> Iterator[None]:
-    from service.jobs import JobStore, stub_work_one
-
-    stop = threading.Event()
-
-    def encode(job: Any, index: int) -> bytes:
-        buffer = io.BytesIO()
-        rendered_result(job.op, job.params, index).save(buffer, format="PNG")
-        return buffer.getvalue()
-
-    async def loop() -> None:
-        client = redis.asyncio.Redis.from_url(settings.redis_url)
-        store = JobStore(client, settings)
-        while not stop.is_set():
-            if await stub_work_one(store, encode) is None:
-                await asyncio.sleep(0.02)
-        await client.aclose()
-
-    thread = threading.Thread(target=asyncio.run, args=(loop(),), daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=10)
 
 
 def wait_for_job(client: httpx.Client, job_url: str, timeout: float = 20.0) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,20 +12,15 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.service.gateway_fixtures import (
-    background_worker,
-    gateway_settings,
-    live_gateway,
-    rendered_result,
-    wait_for_job,
-)
+from tests.service.fake_worker import fake_worker
+from tests.service.gateway_fixtures import gateway_settings, live_gateway, wait_for_job
 from tests.service.gateway_images import b64, gif, jpeg, png, png_header_only
 
 
 @pytest.fixture
 def gateway_and_worker(redis_url: str) -> Iterator[tuple[httpx.Client, Any]]:
     settings = gateway_settings(redis_url, max_frames=6)
-    with live_gateway(settings) as gateway, background_worker(settings):
+    with live_gateway(settings) as gateway, fake_worker(settings):
         with httpx.Client(base_url=gateway.url, timeout=20) as client:
             yield client, gateway
 
@@ -62,7 +58,11 @@ def test_generate_round_trip(gateway_and_worker):
         image = fetch_png(client, url)
         assert image.size == (64, 64)
         assert image.getpixel((0, 0)) == (40 + index, 0, 0)  # the worker saw seed 40 and item `index`
-    assert client.get(f"/v1/jobs/{job['id']}/images/0?size=64").status_code == 200
+    smaller = fetch_png(client, f"{done['images'][0]}?size=16")
+    assert smaller.size == (16, 16) and smaller.getpixel((8, 8)) == (40, 0, 0)
+    larger = client.get(f"{done['images'][0]}?size=128")
+    assert larger.status_code == 422
+    assert "can only shrink the 64x64 image, not enlarge it to 128" in larger.json()["detail"][0]["msg"]
 
 
 def test_a_missing_seed_is_drawn_and_shown(gateway_and_worker):
@@ -116,7 +116,8 @@ def test_every_image_operation_reaches_the_worker(gateway_and_worker):
         ({"op": "generate", "prompt": "y" * 41}, "prompt", "prompt length in characters must be at most 40"),
         ({"op": "generate", "prompt": ""}, "prompt", "at least 1 character"),
         ({"op": "generate", "prompt": "x", "steps": 5}, "steps", "Extra inputs are not permitted"),
-        ({"op": "generate", "prompt": "x", "decoder_steps": 0}, "decoder_steps", "greater than or equal to 1"),
+        ({"op": "generate", "prompt": "x", "decoder_steps": 0}, "decoder_steps",
+         "greater than or equal to 1"),
         ({"op": "variation", "image": b64(png()), "eta": 1.5}, "eta", "less than or equal to 1"),
         ({"op": "interpolate", "image_a": b64(png()), "image_b": b64(png()), "frames": 1}, "frames",
          "greater than or equal to 2"),
@@ -144,7 +145,8 @@ def test_bad_bodies_get_a_422_that_names_the_field(idle_gateway, body, field, me
 
 
 def test_invalid_json_is_a_422(idle_gateway):
-    response = idle_gateway.post("/v1/jobs", content=b"{not json", headers={"content-type": "application/json"})
+    headers = {"content-type": "application/json"}
+    response = idle_gateway.post("/v1/jobs", content=b"{not json", headers=headers)
     assert response.status_code == 422
     assert "JSON" in json.dumps(response.json())
 
@@ -189,6 +191,25 @@ def test_cancel_a_queued_job(idle_gateway):
     assert idle_gateway.delete("/v1/jobs/no-such-job").status_code == 404
 
 
+def test_cancel_a_running_job_stops_it_at_its_next_step(redis_url):
+    settings = gateway_settings(redis_url)
+    with live_gateway(settings) as gateway, httpx.Client(base_url=gateway.url, timeout=20) as client:
+        job = client.post("/v1/jobs", json={"op": "generate", "prompt": "x", "n": 10, "size": 64}).json()
+        with fake_worker(settings, step_delay=0.3):  # 10 steps of 0.3 s: still running when DELETE lands
+            running = job
+            while running["status"] != "running":
+                time.sleep(0.02)
+                running = client.get(job["url"]).json()
+            flagged = client.delete(job["url"])
+            assert flagged.status_code == 200
+            assert flagged.json()["status"] == "running" and flagged.json()["cancel_requested"] is True
+            with client.stream("GET", job["events_url"]) as stream:
+                events = read_events(stream)
+        assert events[-1][0] == "status" and events[-1][1]["status"] == "cancelled"
+        assert events[-1][1]["images"] == []
+        assert client.get(job["url"]).json()["progress"]["step"] < 10
+
+
 def test_past_the_backlog_new_jobs_get_429_with_retry_after(idle_gateway):
     body = {"op": "generate", "prompt": "x", "size": 64}
     statuses = [idle_gateway.post("/v1/jobs", json=body).status_code for _ in range(3)]
@@ -218,7 +239,7 @@ def test_events_stream_progress_in_order_then_the_final_status(redis_url):
         job = client.post("/v1/jobs", json={"op": "generate", "prompt": "x", "n": 3, "size": 64}).json()
         with client.stream("GET", job["events_url"]) as stream:
             assert stream.headers["content-type"].startswith("text/event-stream")
-            with background_worker(settings):  # starts after the stream is open: every change is seen
+            with fake_worker(settings):  # starts after the stream is open: every change is seen
                 events = read_events(stream)
         replay = client.get(f"/v1/jobs/{job['id']}/events")  # a finished job: its final status only
     names = [name for name, _ in events]
@@ -233,8 +254,3 @@ def test_events_stream_progress_in_order_then_the_final_status(redis_url):
     assert steps == sorted(steps) and steps[-1] == 3
     assert [name for name, _ in read_events(replay)] == ["status"]
 
-
-def test_rendered_result_is_deterministic():
-    # The test executor itself: same params, same pixels (the other tests rely on it).
-    params = {"size": 64, "seed": 3}
-    assert rendered_result("generate", params, 1).tobytes() == rendered_result("generate", params, 1).tobytes()

@@ -61,7 +61,8 @@ def test_a_job_is_visible_only_to_the_key_that_made_it(gateway_url):
 
 
 def test_without_configured_keys_the_api_is_open(redis_url):
-    with live_gateway(gateway_settings(redis_url, api_keys=[])) as gateway, client_for(gateway.url, None) as c:
+    settings = gateway_settings(redis_url, api_keys=[])
+    with live_gateway(settings) as gateway, client_for(gateway.url, None) as c:
         job = c.post("/v1/jobs", json=GENERATE)
         assert job.status_code == 202
         assert c.get(job.json()["url"]).status_code == 200
