@@ -4,9 +4,10 @@ A scene is a flat background of one named colour with one or two shapes of other
 is in canvas units (0..1, y down). Every shape has a square bounding box of side `extent`: the circle's
 diameter, the square's side, the upright isosceles triangle's base and height.
 
-Pictures are drawn at 4096 px and box-filtered to 1024 (4×4 supersampled anti-aliasing); the 256 and 64
-px pictures are box-filtered from that 1024 one, so every size shows the same scene and flat regions keep
-the exact named colour.
+Pictures are box-filtered from a canvas drawn at 1024 px or more and at 4× their side or more: the 1024 px
+picture from 4096 px (4×4 supersampled anti-aliasing), the 256 and 64 px ones from 1024 px, so flat
+regions keep the exact named colour. `render_sizes` gives exactly matching pairs (every size box-filtered
+from one 1024 px render); `render_crop` draws one region of a picture only (upsampler training crops).
 
 A caption names a subset of a scene's facts (`SceneSpec`); whatever it leaves out was drawn at random.
 Some facts are held out of training so that evaluation prompts are never training captions word for
@@ -167,29 +168,59 @@ def _apart(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
 # -------------------------------------------------------------------------------------------- pictures
 
 
+def canvas_scale(size: int) -> int:
+    """Canvas pixels per picture pixel: a picture is drawn at 1024 px or more and at 4× its side or more,
+    then box-filtered to `size` (a 64 px picture averages 16×16 canvas pixels, a 1024 px one 4×4)."""
+    return max(SUPERSAMPLE, RENDER_SIZE // size)
+
+
 def render(scene: Scene, size: int = RENDER_SIZE) -> Image.Image:
     """The scene as an RGB picture of `size` (64, 256 or 1024) px."""
-    return render_sizes(scene, (size,))[size]
+    return render_crop(scene, size, 0, 0, size)
+
+
+def render_crop(scene: Scene, size: int, left: int, top: int, side: int) -> Image.Image:
+    """The `side`×`side` crop at pixel (`left`, `top`) of the `size` px picture, drawing only that region:
+    equal to `render(scene, size).crop(...)` at a fraction of the cost (upsampler training crops)."""
+    if size not in PICTURE_SIZES:
+        raise ValueError(f"picture size must be one of {PICTURE_SIZES}, got {size}")
+    if not (0 <= left <= size - side and 0 <= top <= size - side and side > 0):
+        raise ValueError(f"crop {side} px at ({left}, {top}) does not fit a {size} px picture")
+    scale = canvas_scale(size)
+    full, dx, dy = size * scale, left * scale, top * scale
+    canvas = Image.new("RGB", (side * scale, side * scale), COLOURS[scene.background])
+    for shape in scene.shapes:
+        # Corners rounded on the full canvas; the shape is drawn in its own box and the part inside the
+        # region pasted, so a crop has the same pixels as the whole (PIL rounds negative vertices otherwise).
+        x0, y0, x1, y1 = (round(v * full) for v in shape.box)
+        inside = (max(x0, dx), max(y0, dy), min(x1, dx + side * scale), min(y1, dy + side * scale))
+        if inside[0] >= inside[2] or inside[1] >= inside[3]:
+            continue
+        mask = shape_mask(shape.kind, x1 - x0, y1 - y0)
+        mask = mask.crop((inside[0] - x0, inside[1] - y0, inside[2] - x0, inside[3] - y0))
+        canvas.paste(COLOURS[shape.colour], (inside[0] - dx, inside[1] - dy), mask)
+    return canvas.reduce(scale)
+
+
+def shape_mask(kind: str, width: int, height: int) -> Image.Image:
+    """Mode "L" mask (255 inside) of one shape filling a `width`×`height` box."""
+    mask = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(mask)
+    if kind == "circle":
+        draw.ellipse((0, 0, width - 1, height - 1), fill=255)
+    elif kind == "square":
+        draw.rectangle((0, 0, width - 1, height - 1), fill=255)
+    else:
+        draw.polygon(((0, height - 1), (width - 1, height - 1), ((width - 1) / 2, 0)), fill=255)
+    return mask
 
 
 def render_sizes(scene: Scene, sizes: tuple[int, ...] = PICTURE_SIZES) -> dict[int, Image.Image]:
-    """One 1024 px render and its box-filtered downscales, e.g. matching pairs for an upsampler."""
+    """One 1024 px render and its box-filtered downscales: exactly matching pairs at every size."""
     for size in sizes:
         if size not in PICTURE_SIZES:
             raise ValueError(f"picture size must be one of {PICTURE_SIZES}, got {size}")
-    side = RENDER_SIZE * SUPERSAMPLE
-    canvas = Image.new("RGB", (side, side), COLOURS[scene.background])
-    draw = ImageDraw.Draw(canvas)
-    for shape in scene.shapes:
-        x0, y0, x1, y1 = (round(v * side) for v in shape.box)
-        fill = COLOURS[shape.colour]
-        if shape.kind == "circle":
-            draw.ellipse((x0, y0, x1 - 1, y1 - 1), fill=fill)
-        elif shape.kind == "square":
-            draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=fill)
-        else:
-            draw.polygon(((x0, y1 - 1), (x1 - 1, y1 - 1), ((x0 + x1 - 1) / 2, y0)), fill=fill)
-    full = canvas.reduce(SUPERSAMPLE)
+    full = render(scene, RENDER_SIZE)
     return {size: full if size == RENDER_SIZE else full.reduce(RENDER_SIZE // size) for size in sizes}
 
 
@@ -297,14 +328,39 @@ def is_held_out(spec: SceneSpec) -> bool:
     return _held_out_key(" and ".join(pair))
 
 
+def is_trainable(scene: Scene) -> bool:
+    """Whether some training caption describes the scene: every one-shape scene (its caption may leave
+    the background out), a two-shape scene only when its pair of shapes is not held out."""
+    return not is_held_out(SceneSpec(tuple(ShapeSpec(s.kind, s.colour) for s in scene.shapes)))
+
+
+def training_scene(rng: random.Random) -> Scene:
+    while not is_trainable(scene := sample_scene(rng)):
+        pass
+    return scene
+
+
+def training_description(scene: Scene, rng: random.Random) -> SceneSpec:
+    """A random description of a trainable scene that is not held out (a fresh caption every call)."""
+    if not is_trainable(scene):
+        raise ValueError("no training caption describes this scene (its pair of shapes is held out)")
+    while is_held_out(spec := describe(scene, rng)):
+        pass  # only a named background can hold a one-shape description out; half of them name none
+    return spec
+
+
 def training_example(rng: random.Random) -> tuple[Scene, str]:
     """A random scene and a training caption of it (never a held-out combination)."""
-    while True:
-        scene = sample_scene(rng)
-        for _ in range(4):
-            spec = describe(scene, rng)
-            if not is_held_out(spec):
-                return scene, write_caption(spec, rng)
+    scene = training_scene(rng)
+    return scene, write_caption(training_description(scene, rng), rng)
+
+
+def caption_words() -> list[str]:
+    """Every word a caption of this world can use (for the tokenizer of a trained checkpoint)."""
+    words = {"a", "an", "and", "background", "with", *COLOURS, *KINDS, *SIZES}
+    for phrase in (*(p for ps in POSITION_PHRASES.values() for p in ps), *(r[0] for r in RELATIONS)):
+        words.update(phrase.split())
+    return sorted(words)
 
 
 # ------------------------------------------------------------------------------------------- parsing

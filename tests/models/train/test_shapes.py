@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from models.tokenizer import build_tokenizer
 from models.train.shapes import (
     COLOURS,
     GAP,
@@ -15,15 +16,20 @@ from models.train.shapes import (
     Scene,
     SceneSpec,
     ShapeSpec,
+    caption_words,
     is_held_out,
+    is_trainable,
     is_training_caption,
     parse_caption,
     phrasings,
     render,
+    render_crop,
     render_sizes,
     sample_scene,
     scene_matches,
+    training_description,
     training_example,
+    training_scene,
 )
 
 
@@ -216,3 +222,47 @@ def test_training_examples_never_use_held_out_facts() -> None:
     for _ in range(500):
         _, caption = training_example(rng)
         assert not is_held_out(parse_caption(caption))
+
+
+def test_small_pictures_drawn_alone_match_the_downscaled_1024_one() -> None:
+    # render(scene, 64) draws at 1024 px (16×16 samples a pixel) instead of box-filtering the 4096 px one:
+    # edges move by at most a quarter of a picture pixel (corners rounded on a coarser canvas), flat
+    # regions are equal.
+    for scene in scenes(10, seed=11):
+        for size in (64, 256):
+            alone = np.asarray(render(scene, size), np.int16)
+            downscaled = np.asarray(render_sizes(scene, (size,))[size], np.int16)
+            difference = np.abs(alone - downscaled)
+            assert difference.mean() < 0.2 and difference.max() <= 255 / 4
+
+
+def test_crop_arguments_are_checked() -> None:
+    scene = scenes(1)[0]
+    with pytest.raises(ValueError, match="does not fit"):
+        render_crop(scene, 256, 200, 0, 64)
+    with pytest.raises(ValueError, match="picture size"):
+        render_crop(scene, 128, 0, 0, 64)
+
+
+def test_every_caption_word_is_one_token_of_the_training_tokenizer() -> None:
+    words = caption_words()
+    tokenizer = build_tokenizer(words)
+    rng = random.Random(2)
+    for _ in range(300):
+        _, caption = training_example(rng)
+        for word in caption.replace(",", "").split():
+            assert word in words
+            assert len(tokenizer.tokens(word)) == 1, word
+
+
+def test_training_descriptions_are_true_and_trainable() -> None:
+    rng = random.Random(4)
+    for scene in scenes(200, seed=4):
+        if not is_trainable(scene):
+            assert len(scene.shapes) == 2
+            with pytest.raises(ValueError, match="held out"):
+                training_description(scene, rng)
+            continue
+        spec = training_description(scene, rng)
+        assert scene_matches(scene, spec) and not is_held_out(spec)
+    assert all(is_trainable(training_scene(rng)) for _ in range(50))

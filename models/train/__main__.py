@@ -1,0 +1,6 @@
+"""`python -m models.train {train,evaluate} ...`"""
+
+from models.train.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,133 @@
+"""Command line of the shapes-world training: `train` (all stages or one) and `evaluate`.
+
+python -m models.train train --out models/weights/default --device cuda --seed 0
+python -m models.train train --out ckpt --stage decoder --steps 2000 --resume
+python -m models.train evaluate --checkpoint ckpt --sizes 64 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from models.train.data import DEFAULT_CACHE
+from models.train.stage import PoolSizes
+from models.train.train import STAGES, TrainOptions, train
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("train", help="train every stage, or one, into a checkpoint folder")
+    run.add_argument("--out", type=Path, required=True, help="checkpoint folder to write (EMA weights)")
+    run.add_argument("--stage", choices=["all", *STAGES], default="all")
+    run.add_argument("--config", default="small", help="named config for fresh weights (tiny, small, ...)")
+    run.add_argument("--steps", type=int, help="steps per stage (default: each stage's own)")
+    run.add_argument("--batch-size", type=int, help="batch size of every stage (default: each stage's own)")
+    run.add_argument("--lr", type=float, help="learning rate of every stage (default: each stage's own)")
+    run.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--resume", action="store_true", help="continue from the training state and --out")
+    run.add_argument("--init", type=Path, help="start from this checkpoint's weights (e.g. the shipped one)")
+    run.add_argument("--state", type=Path, help="training-state folder (default: <out>.train; not shipped)")
+    run.add_argument("--pool", type=int, help="scenes in every picture pool (default: each pool's own)")
+    run.add_argument("--cache", type=Path, help="where rendered pools are cached")
+    run.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="render processes")
+    run.add_argument("--save-every", type=int, default=1000, help="steps between checkpoint saves")
+    run.add_argument("--no-progress", action="store_true")
+
+    check = commands.add_parser("evaluate", help="generate held-out prompts and classify the pictures")
+    check.add_argument("--checkpoint", type=Path, help="checkpoint folder (default: the shipped one)")
+    check.add_argument("--sizes", type=int, nargs="+", default=[64, 256], choices=[64, 256, 1024])
+    check.add_argument("--prompts", type=int, default=40, help="prompts per category")
+    check.add_argument("--batch", type=int, default=8)
+    check.add_argument("--device", default="auto")
+    check.add_argument("--seed", type=int, default=0)
+    check.add_argument("--prior-steps", type=int)
+    check.add_argument("--decoder-steps", type=int)
+    check.add_argument("--sr-steps", type=int, help="steps of each upsampler")
+    check.add_argument("--no-operations", action="store_true", help="skip variation/interpolation/... checks")
+    check.add_argument("--images", type=Path, help="also save every generated picture here")
+    check.add_argument("--json", type=Path, help="also write the figures here")
+    return parser
+
+
+def run_train(args: argparse.Namespace) -> int:
+    pools = PoolSizes() if args.pool is None else PoolSizes(args.pool, args.pool, args.pool)
+    options = TrainOptions(
+        out=args.out,
+        config=args.config,
+        stages=tuple(STAGES) if args.stage == "all" else (args.stage,),
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        device=args.device,
+        seed=args.seed,
+        resume=args.resume,
+        init=args.init,
+        state=args.state,
+        pools=pools,
+        cache=args.cache or DEFAULT_CACHE,
+        workers=args.workers,
+        save_every=args.save_every,
+        progress=not args.no_progress,
+    )
+    for result in train(options):
+        rate = result.seconds / max(result.steps - result.start_step, 1)
+        print(
+            f"{result.name}: steps {result.start_step}->{result.steps}, loss {result.loss:.4f}, "
+            f"{result.seconds:.1f} s ({rate:.3f} s/step)"
+        )
+    print(f"checkpoint: {args.out}  training state: {options.state_dir}")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from models.pipeline import UnCLIPPipeline
+    from models.train.evaluate import evaluate_generation, evaluate_operations, held_out_prompts, report
+
+    pipeline = UnCLIPPipeline.from_checkpoint(args.checkpoint, device=args.device)
+    overrides = {
+        "prior_steps": args.prior_steps,
+        "decoder_steps": args.decoder_steps,
+        "sr256_steps": args.sr_steps,
+        "sr1024_steps": args.sr_steps,
+    }
+    prompts = held_out_prompts(args.prompts, args.seed)
+    generation, operations = {}, {}
+    for size in args.sizes:
+        save = None
+        if args.images is not None:
+            folder = args.images / str(size)
+            folder.mkdir(parents=True, exist_ok=True)
+
+            def save(prompt, picture, found, folder=folder) -> None:
+                picture.save(folder / f"{prompt.text.replace(' ', '_').replace(',', '')}.png")
+
+        generation[size] = evaluate_generation(
+            pipeline, prompts, size, args.seed, args.batch, overrides, save
+        )
+        if not args.no_operations:
+            operations[size] = evaluate_operations(pipeline, size, args.seed, overrides)
+    print(report(generation, operations))
+    if args.json is not None:
+        figures = {
+            str(size): {
+                **{c: {"total": r.total, **{k: r.rate(k) for k in r.checks}} for c, r in results.items()},
+                **operations.get(size, {}),
+            }
+            for size, results in generation.items()
+        }
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    return run_train(args) if args.command == "train" else run_evaluate(args)

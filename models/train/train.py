@@ -1,0 +1,142 @@
+"""Train the whole stack (or one stage) into a checkpoint folder: CLIP → prior → decoder → sr256 → sr1024.
+
+One call with a seed reproduces a checkpoint: the seed fixes the initial weights, the picture pools and
+every step's batch, noise and dropout. The checkpoint folder (`out`) holds EMA weights for shipping; the
+training state (`state`, default `<out>.train`, never shipped) lets a later call continue where this
+one stopped (`resume`). Stages after CLIP use the trained CLIP, frozen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from models.checkpoint import (
+    CONFIG_FILE,
+    DEFAULT_WORDS,
+    UnCLIPModels,
+    build_models,
+    load_checkpoint,
+    save_checkpoint,
+)
+from models.config import named_config
+from models.tokenizer import build_tokenizer
+from models.train.clip import CLIPStage
+from models.train.data import DEFAULT_CACHE
+from models.train.decoder import DecoderStage
+from models.train.loop import StageResult, train_stage
+from models.train.prior import PriorStage
+from models.train.shapes import caption_words
+from models.train.stage import PoolSizes, Stage, StageSettings, TrainingData
+from models.train.upsample import SR256Stage, SR1024Stage
+
+STAGES: dict[str, type[Stage]] = {
+    "clip": CLIPStage,
+    "prior": PriorStage,
+    "decoder": DecoderStage,
+    "sr256": SR256Stage,
+    "sr1024": SR1024Stage,
+}
+
+# About 9 PFLOP in all (decoder 8): an estimated 10-15 min on one H100, days on a 2-core CPU.
+DEFAULT_SETTINGS: dict[str, StageSettings] = {
+    "clip": StageSettings(steps=3000, batch_size=256, lr=5e-4, weight_decay=0.05),
+    "prior": StageSettings(steps=5000, batch_size=256, lr=3e-4),
+    "decoder": StageSettings(steps=20000, batch_size=64, lr=3e-4),
+    "sr256": StageSettings(steps=5000, batch_size=32, lr=3e-4),
+    "sr1024": StageSettings(steps=3000, batch_size=8, lr=3e-4),
+}
+
+
+@dataclass
+class TrainOptions:
+    out: Path
+    config: str = "small"
+    stages: tuple[str, ...] = tuple(STAGES)
+    steps: int | None = None  # per stage; None = DEFAULT_SETTINGS
+    batch_size: int | None = None
+    lr: float | None = None
+    device: str = "cpu"
+    seed: int = 0
+    resume: bool = False
+    init: Path | None = None  # start from this checkpoint's weights (e.g. the shipped default)
+    state: Path | None = None  # default: <out>.train
+    pools: PoolSizes = field(default_factory=PoolSizes)
+    cache: Path | None = DEFAULT_CACHE  # None: render the pools afresh, cache nothing
+    workers: int = 1
+    save_every: int = 1000
+    progress: bool = True
+
+    @property
+    def state_dir(self) -> Path:
+        return self.state if self.state is not None else self.out.with_name(self.out.name + ".train")
+
+    def settings(self, stage: str) -> StageSettings:
+        base = DEFAULT_SETTINGS[stage]
+        overrides = {"steps": self.steps, "batch_size": self.batch_size, "lr": self.lr}
+        return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def initial_models(options: TrainOptions, device: torch.device) -> UnCLIPModels:
+    """The resumed checkpoint, the --init one, or fresh weights from the seed."""
+    if options.resume and (options.out / CONFIG_FILE).is_file():
+        return load_checkpoint(options.out, device=device)
+    if options.init is not None:
+        return load_checkpoint(options.init, device=device)
+    config = named_config(options.config)
+    tokenizer = build_tokenizer(sorted({*DEFAULT_WORDS, *caption_words()}), config.clip.context_length)
+    torch.manual_seed(options.seed)
+    models = build_models(config, tokenizer)
+    for module in models.components().values():
+        module.to(device).eval()
+    return models
+
+
+def _check_run(options: TrainOptions) -> None:
+    """A resumed run must use the seed it started with, or its batches would not continue the same way."""
+    path = options.state_dir / "run.json"
+    record = {"seed": options.seed}
+    if options.resume and path.is_file():
+        previous = json.loads(path.read_text())
+        if previous != record:
+            raise ValueError(f"{path} records {previous}; resume with the same --seed")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record) + "\n")
+
+
+def train(options: TrainOptions) -> list[StageResult]:
+    unknown = [s for s in options.stages if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
+    device = torch.device(options.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    _check_run(options)
+    models = initial_models(options, device)
+    training_data = TrainingData(options.seed, options.pools, options.cache, options.workers)
+    results = []
+    for name in (s for s in STAGES if s in options.stages):  # always in pipeline order
+        stage = STAGES[name](models, training_data, device)
+
+        def save(weights: nn.Module, name: str = name) -> None:
+            save_checkpoint(dataclasses.replace(models, **{name: weights}), options.out)
+
+        result = train_stage(
+            stage,
+            options.settings(name),
+            seed=options.seed,
+            state_dir=options.state_dir,
+            resume=options.resume,
+            save_every=options.save_every,
+            on_save=save,
+            progress=options.progress,
+        )
+        results.append(result)
+    save_checkpoint(models, options.out)
+    return results
