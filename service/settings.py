@@ -41,7 +41,9 @@ class Settings(BaseSettings):
     stream: str = "jobs"
     backlog_limit: int = Field(256, description="Queued jobs past which new work gets 429.")
     result_ttl_seconds: int = 24 * 3600
-    lease_seconds: float = Field(30.0, description="A running job is taken over this long after its last renewal.")
+    lease_seconds: float = Field(
+        30.0, description="A running job is taken over this long after its worker's last renewal."
+    )
     max_attempts: int = 3
     sync_timeout_seconds: float = Field(600.0, description="How long the OpenAI-style endpoints wait.")
 
@@ -51,7 +53,9 @@ class Settings(BaseSettings):
     attention_backend: str = Field("auto", description="auto | triton | sdpa")
     max_batch_size: int = Field(8, description="Images a worker runs in one batch.")
     worker_name: str | None = Field(None, description="Consumer name; unset = hostname-pid.")
-    worker_metrics_port: int | None = Field(9100, description="Prometheus port of `unclip worker`; unset = off.")
+    worker_metrics_port: int | None = Field(
+        9100, description="Prometheus port of `unclip worker`; unset = off."
+    )
 
     log_level: str = "info"
 

@@ -1,13 +1,12 @@
 """The attention seam: backend choice, the shared masking contract, and whole tiny models per backend.
 
-On a CPU-only machine the "triton" backend runs through Triton's interpreter; TRITON_INTERPRET is set at
-collection, before `models.attention` first imports the kernel (it does so lazily, on first use).
+On a CPU-only machine the "triton" backend runs through Triton's interpreter; TRITON_INTERPRET is set by
+tests/conftest.py before anything imports torch.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 
 import pytest
 import torch
@@ -22,8 +21,6 @@ from models.unet import AttentionBlock
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
-if not CUDA:
-    os.environ["TRITON_INTERPRET"] = "1"
 TOLERANCE = {torch.float32: 2e-5, torch.float16: 4e-3}
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models.checkpoint import build_models
-from models.config import DiffusionConfig, PriorConfig, UNetConfig, UnCLIPConfig, named_config
+from models.config import DiffusionConfig, PriorConfig, UnCLIPConfig, UNetConfig, named_config
 from models.tokenizer import build_tokenizer
 
 

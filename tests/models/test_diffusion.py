@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import pytest
@@ -87,7 +88,7 @@ def test_spaced_timesteps_are_evenly_spaced_and_span_the_schedule(steps):
     assert kept[-1] == TIMESTEPS - 1
     if steps > 1:
         assert kept[0] == 0
-        gaps = [b - a for a, b in zip(kept, kept[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(kept)]
         assert max(gaps) - min(gaps) <= 1
 
 
@@ -191,7 +192,9 @@ def test_ddim_inversion_then_deterministic_sampling_returns_to_x0():
 def test_inversion_reports_each_step():
     diffusion = GaussianDiffusion(steps=6)
     calls = []
-    diffusion.invert(gaussian_eps(0, 1), torch.zeros(1, 2), on_step=lambda done, total: calls.append((done, total)))
+    diffusion.invert(
+        gaussian_eps(0, 1), torch.zeros(1, 2), on_step=lambda done, total: calls.append((done, total))
+    )
     assert calls == [(i, 6) for i in range(1, 7)]
 
 
@@ -233,7 +236,9 @@ def test_items_sample_the_same_alone_and_in_a_batch():
     seeds = [3, 7, 11]
     x_T = gaussian_noise(generators(3), (8,))
 
-    batch = diffusion.sample(denoise, x_T, [torch.Generator().manual_seed(s) for s in seeds], method="ddim", eta=1)
+    batch = diffusion.sample(
+        denoise, x_T, [torch.Generator().manual_seed(s) for s in seeds], method="ddim", eta=1
+    )
     alone = diffusion.sample(denoise, x_T[1:2], [torch.Generator().manual_seed(7)], method="ddim", eta=1)
 
     assert torch.equal(batch[1:2], alone)
@@ -273,7 +278,9 @@ def test_guidance_scale_one_is_the_conditional_prediction_and_zero_the_unconditi
     zero = guide(cond, uncond, 0.0, channels=3)
     assert torch.allclose(zero[:, :3], uncond[:, :3])
     assert torch.equal(zero[:, 3:], cond[:, 3:])  # learned variance comes from the conditional half
-    assert torch.allclose(guide(cond, uncond, 4.0, 3)[:, :3], uncond[:, :3] + 4 * (cond[:, :3] - uncond[:, :3]))
+    assert torch.allclose(
+        guide(cond, uncond, 4.0, 3)[:, :3], uncond[:, :3] + 4 * (cond[:, :3] - uncond[:, :3])
+    )
 
 
 def test_classifier_free_guidance_runs_both_halves_in_one_forward():

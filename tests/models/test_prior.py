@@ -28,7 +28,9 @@ def random_text(batch: int, lengths: list[int], seed: int = 1) -> TextEncoding:
 def test_forward_predicts_an_embedding_per_row(prior: DiffusionPrior) -> None:
     x_t = torch.randn(3, E) * prior.embed_scale
     with torch.no_grad():
-        x0 = prior(x_t, torch.tensor([0, 500, 999]), random_text(3, [5, 9, 77]), torch.zeros(3, dtype=torch.bool))
+        x0 = prior(
+            x_t, torch.tensor([0, 500, 999]), random_text(3, [5, 9, 77]), torch.zeros(3, dtype=torch.bool)
+        )
     assert x0.shape == (3, E) and x0.dtype == torch.float32
     assert prior.embed_scale == pytest.approx(math.sqrt(E))
 
