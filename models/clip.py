@@ -167,7 +167,8 @@ class CLIP(nn.Module):
         return TextEncoding(embeds, states, mask)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """images `[B, 3, H, W]` in [-1, 1] → L2-normalised embeddings `[B, E]`."""
+        """images `[B, 3, H, W]` in [-1, 1] → L2-normalised embeddings `[B, E]` (raw projections when
+        the config sets normalize_image_embeds False)."""
         pixels = images.float()
         if pixels.shape[-2:] != (self.image_size, self.image_size):
             pixels = F.interpolate(
@@ -181,6 +182,8 @@ class CLIP(nn.Module):
         std = torch.tensor(CLIP_STD, device=pixels.device)[:, None, None]
         pixels = ((pixels + 1) / 2 - mean) / std
         features = self.visual(pixels.to(self.dtype))
+        if not self.config.normalize_image_embeds:
+            return features
         return F.normalize(features.float(), dim=-1).to(features.dtype)
 
     def forward(self, ids: torch.Tensor, images: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,8 @@ from typing import Any, Self
 SCHEDULES = ("cosine", "linear")
 PREDICTIONS = ("eps", "x0")
 ACTIVATIONS = ("quick_gelu", "gelu")
+TEXT_EMBED_SOURCES = ("embeds", "eot_state")
+UPSAMPLE_MODES = ("bilinear", "bicubic")
 UNET_KINDS = ("decoder", "sr")
 
 
@@ -41,6 +43,9 @@ class DiffusionConfig(_JSONConfig):
     timesteps: int = 1000
     predict: str = "eps"
     learned_variance: bool = False  # True: the model outputs 2*C channels (eps, v) as improved DDPM / Karlo
+    # Predicted x0 is clamped to [-r, r] while sampling; None: the sampler's default (images: [-1, 1]).
+    # Karlo's prior sets its scheduler's clip_sample_range.
+    x0_clip_range: float | None = None
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -66,6 +71,9 @@ class CLIPConfig(_JSONConfig):
     text_heads: int = 8
     activation: str = "quick_gelu"  # OpenAI CLIP: quick_gelu; some HF/OpenCLIP models: gelu
     layer_norm_eps: float = 1e-5
+    # False: encode_image returns the raw projection, not a unit vector (Karlo's prior and decoder were
+    # trained on raw ViT-L/14 image embeddings); whoever needs a direction normalises it.
+    normalize_image_embeds: bool = True
 
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATIONS:
@@ -87,12 +95,26 @@ class PriorConfig(_JSONConfig):
     layers: int = 12
     heads: int = 16
     embed_scale: float | None = None  # None: sqrt(embed_dim), the paper's scale of unit CLIP vectors
+    # Options that reproduce Karlo's prior (kept off for our own checkpoints):
+    # text_embed_from "eot_state": the text embedding token projects the end-of-text token state
+    # (CLIP's text projection folded into `text_embed_proj`, i.e. the raw, unnormalised text embedding).
+    text_embed_from: str = "embeds"
+    # latent_stats: diffusion space is (z - clip_mean) / clip_std per dimension (stored parameters)
+    # instead of z * embed_scale.
+    latent_stats: bool = False
+    # null_text_tokens k: rows with dropped text attend to the first k learned null tokens only (Karlo's
+    # null is the empty prompt, SOT + EOT); None: to all of them.
+    null_text_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.embed_scale is None:
             self.embed_scale = math.sqrt(self.embed_dim)
         if self.width % self.heads:
             raise ValueError(f"prior width {self.width} is not divisible by heads {self.heads}")
+        if self.text_embed_from not in TEXT_EMBED_SOURCES:
+            raise ValueError(
+                f"text_embed_from must be one of {TEXT_EMBED_SOURCES}, got {self.text_embed_from!r}"
+            )
 
 
 @dataclass
@@ -114,11 +136,19 @@ class UNetConfig(_JSONConfig):
     num_head_channels: int = 64
     dropout: float = 0.0
     norm_groups: int = 32
+    scale_shift_norm: bool = True  # False: the timestep embedding is added before the second norm
+    resblock_updown: bool = False  # True: resample inside residual blocks (BigGAN / Karlo), not with convs
     # Decoder only: the conditioning it attends to.
     clip_embed_dim: int = 0  # E
     text_width: int = 0  # W of the CLIP token states
     context_width: int = 0  # width the text tokens and CLIP tokens are projected to
     clip_context_tokens: int = 4
+    # Options that reproduce Karlo's decoder (kept off for our own checkpoints):
+    text_embed_to_time: bool = False  # project the end-of-text token state into the timestep embedding
+    learned_null_image: bool = False  # an all-zero image_embed row (the guidance null) becomes a learned one
+    null_text_tokens: int = 0  # k > 0: a row whose text_mask is all False sees k stored empty-prompt states
+    # Upsamplers only: how the low-resolution image is brought to the output size.
+    low_res_upsample: str = "bilinear"
 
     def __post_init__(self) -> None:
         if self.kind not in UNET_KINDS:
@@ -129,6 +159,10 @@ class UNetConfig(_JSONConfig):
             raise ValueError("a decoder needs clip_embed_dim, text_width and context_width")
         if self.kind == "sr" and self.in_channels != 6:
             raise ValueError(f"an upsampler takes 6 input channels (x_t + low-res), got {self.in_channels}")
+        if self.low_res_upsample not in UPSAMPLE_MODES:
+            raise ValueError(
+                f"low_res_upsample must be one of {UPSAMPLE_MODES}, got {self.low_res_upsample!r}"
+            )
         if self.out_channels not in (3, 6):
             raise ValueError(f"out_channels must be 3 or 6 (learned variance), got {self.out_channels}")
 

@@ -37,7 +37,9 @@ class DiffusionPrior(nn.Module):
         self.embed_scale = float(config.embed_scale)  # type: ignore[arg-type]
         width, length = config.width, config.context_length
         self.text_states_proj = nn.Linear(config.text_width, width)
-        self.text_embed_proj = nn.Linear(config.embed_dim, width)
+        # "eot_state": projects the end-of-text token state [B, W] (CLIP's text projection folded in).
+        text_embed_in = config.text_width if config.text_embed_from == "eot_state" else config.embed_dim
+        self.text_embed_proj = nn.Linear(text_embed_in, width)
         self.time_embed = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
         self.image_embed_proj = nn.Linear(config.embed_dim, width)
         self.query = nn.Parameter(torch.randn(width) * width**-0.5)
@@ -47,6 +49,22 @@ class DiffusionPrior(nn.Module):
         self.transformer = Transformer(width, config.layers, config.heads, activation="gelu")
         self.ln_final = LayerNorm(width)
         self.out_proj = nn.Linear(width, config.embed_dim)
+        if config.latent_stats:
+            self.clip_mean = nn.Parameter(torch.zeros(config.embed_dim))
+            self.clip_std = nn.Parameter(torch.ones(config.embed_dim))
+
+    def embeds_to_latents(self, embeds: torch.Tensor) -> torch.Tensor:
+        """CLIP image embeddings `[B, E]` → the diffusion space the prior works in."""
+        if self.config.latent_stats:
+            return (embeds - self.clip_mean.to(embeds.dtype)) / self.clip_std.to(embeds.dtype)
+        return embeds * self.embed_scale
+
+    def latents_to_embeds(self, latents: torch.Tensor) -> torch.Tensor:
+        """The inverse of `embeds_to_latents`: our space gives z back unnormalised (normalise it for a
+        unit vector); Karlo's gives the raw CLIP embedding its decoder takes."""
+        if self.config.latent_stats:
+            return latents * self.clip_std.to(latents.dtype) + self.clip_mean.to(latents.dtype)
+        return latents / self.embed_scale
 
     def forward(
         self, x_t: torch.Tensor, t: torch.Tensor, text: TextEncoding, drop_text: torch.Tensor
@@ -57,15 +75,23 @@ class DiffusionPrior(nn.Module):
         drop = drop_text.to(x_t.device)
         text_states = self.text_states_proj(text.states.to(dtype))  # [B, L, width]
         text_states = torch.where(drop[:, None, None], self.null_text_states[:length], text_states)
-        text_embed = self.text_embed_proj(text.embeds.to(dtype) * self.embed_scale)  # [B, width]
+        if self.config.text_embed_from == "eot_state":
+            # The mask is True up to and including the end-of-text token.
+            eot = (text.mask.to(x_t.device).sum(dim=1) - 1).clamp(min=0)  # [B]
+            pooled = text.states[torch.arange(batch, device=x_t.device), eot]  # [B, W]
+            text_embed = self.text_embed_proj(pooled.to(dtype))
+        else:
+            text_embed = self.text_embed_proj(text.embeds.to(dtype) * self.embed_scale)  # [B, width]
         text_embed = torch.where(drop[:, None], self.null_text_embed, text_embed)
         time = self.time_embed(timestep_embedding(t, self.config.width).to(dtype))
         image = self.image_embed_proj(x_t.to(dtype))
         query = self.query.expand(batch, -1)
         tokens = torch.cat([text_states, torch.stack([text_embed, time, image, query], dim=1)], dim=1)
         tokens = tokens + self.positional_embedding[: length + self.extra_tokens]
-        # The null text is a full learned sequence, so dropped rows attend to all of it.
-        text_mask = text.mask.to(x_t.device) | drop[:, None]
+        # Dropped rows attend to the whole learned null sequence, or to its first null_text_tokens.
+        null_length = length if self.config.null_text_tokens is None else self.config.null_text_tokens
+        null_mask = torch.arange(length, device=x_t.device) < null_length  # [L]
+        text_mask = torch.where(drop[:, None], null_mask, text.mask.to(x_t.device))
         key_padding_mask = F.pad(text_mask, (0, self.extra_tokens), value=True)  # [B, L + 4]
         out = self.transformer(tokens, key_padding_mask=key_padding_mask, causal=True)
         return self.out_proj(self.ln_final(out[:, -1]))

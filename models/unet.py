@@ -45,14 +45,29 @@ def zero_module(module: nn.Module) -> nn.Module:
 
 
 class ResBlock(nn.Module):
+    """scale_shift: the timestep embedding scales and shifts the second norm (ADM), else it is added
+    before it (DDPM). resample "up"/"down": the block itself doubles/halves the resolution, nearest
+    upsampling or 2x2 average pooling after the first norm (BigGAN-style, guided-diffusion's
+    resblock_updown)."""
+
     def __init__(
-        self, channels: int, out_channels: int, emb_channels: int, dropout: float, groups: int
+        self,
+        channels: int,
+        out_channels: int,
+        emb_channels: int,
+        dropout: float,
+        groups: int,
+        scale_shift: bool = True,
+        resample: str | None = None,
     ) -> None:
         super().__init__()
+        self.scale_shift = scale_shift
+        self.resample = resample
         self.in_layers = nn.Sequential(
             group_norm(channels, groups), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
         )
-        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels))
+        emb_out = 2 * out_channels if scale_shift else out_channels
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, emb_out))
         self.out_norm = group_norm(out_channels, groups)
         self.out_layers = nn.Sequential(
             nn.SiLU(), nn.Dropout(dropout), zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
@@ -60,11 +75,25 @@ class ResBlock(nn.Module):
         self.skip = nn.Identity() if channels == out_channels else nn.Conv2d(channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        """x `[B, C, H, W]`, emb `[B, T]` → `[B, C_out, H, W]`."""
-        h = self.in_layers(x)
-        scale, shift = self.emb_layers(emb)[:, :, None, None].chunk(2, dim=1)
-        h = self.out_norm(h) * (1 + scale) + shift
+        """x `[B, C, H, W]`, emb `[B, T]` → `[B, C_out, H', W']` (H' = H, 2H or H/2 with resample)."""
+        if self.resample is None:
+            h = self.in_layers(x)
+        else:
+            h = self.in_layers[-1](_resample(self.in_layers[:-1](x), self.resample))
+            x = _resample(x, self.resample)
+        emb_out = self.emb_layers(emb)[:, :, None, None]
+        if self.scale_shift:
+            scale, shift = emb_out.chunk(2, dim=1)
+            h = self.out_norm(h) * (1 + scale) + shift
+        else:
+            h = self.out_norm(h + emb_out)
         return self.skip(x) + self.out_layers(h)
+
+
+def _resample(x: torch.Tensor, direction: str) -> torch.Tensor:
+    if direction == "up":
+        return F.interpolate(x, scale_factor=2, mode="nearest")
+    return F.avg_pool2d(x, kernel_size=2, stride=2)
 
 
 class AttentionBlock(nn.Module):
@@ -151,8 +180,10 @@ class UNet(nn.Module):
             nn.Linear(mc, self.time_embed_dim), nn.SiLU(), nn.Linear(self.time_embed_dim, self.time_embed_dim)
         )
 
-        def res(cin: int, cout: int) -> ResBlock:
-            return ResBlock(cin, cout, self.time_embed_dim, config.dropout, groups)
+        def res(cin: int, cout: int, resample: str | None = None) -> ResBlock:
+            return ResBlock(
+                cin, cout, self.time_embed_dim, config.dropout, groups, config.scale_shift_norm, resample
+            )
 
         def attn(channels: int) -> AttentionBlock:
             return AttentionBlock(channels, min(channels, config.num_head_channels), groups, context_width)
@@ -170,7 +201,8 @@ class UNet(nn.Module):
                 self.input_blocks.append(TimestepSequential(*layers))
                 skip_channels.append(ch)
             if level < len(config.channel_mult) - 1:
-                self.input_blocks.append(TimestepSequential(Downsample(ch)))
+                down = res(ch, ch, "down") if config.resblock_updown else Downsample(ch)
+                self.input_blocks.append(TimestepSequential(down))
                 skip_channels.append(ch)
                 resolution //= 2
 
@@ -190,7 +222,7 @@ class UNet(nn.Module):
                 if resolution in config.attention_resolutions:
                     layers.append(attn(ch))
                 if level and i == config.num_res_blocks:
-                    layers.append(Upsample(ch))
+                    layers.append(res(ch, ch, "up") if config.resblock_updown else Upsample(ch))
                     resolution *= 2
                 self.output_blocks.append(TimestepSequential(*layers))
 
@@ -244,6 +276,15 @@ class DecoderUNet(UNet):
         )
         self.text_proj = nn.Linear(config.text_width, config.context_width)
         self.text_norm = LayerNorm(config.context_width)
+        # Karlo's conditioning (UNetConfig options): the end-of-text state projected into the timestep
+        # embedding (its CLIP text projection folded in), a learned guidance-null image embedding, and
+        # the empty prompt's leading token states as the null text.
+        if config.text_embed_to_time:
+            self.text_time_proj = nn.Linear(config.text_width, self.time_embed_dim)
+        if config.learned_null_image:
+            self.null_image_embed = nn.Parameter(torch.zeros(config.clip_embed_dim))
+        if config.null_text_tokens:
+            self.null_text_states = nn.Parameter(torch.zeros(config.null_text_tokens, config.text_width))
 
     def forward(  # type: ignore[override]
         self,
@@ -262,15 +303,37 @@ class DecoderUNet(UNet):
         neither sees "nothing known" and generates freely.
         """
         dtype = self.dtype
-        image_embed = image_embed.to(dtype)
+        image_embed, text_states, text_mask = self._with_learned_null(
+            image_embed.to(dtype), text_states.to(dtype), text_mask.to(x.device).bool()
+        )
         emb = self.timestep_embed(t) + self.clip_time_proj(image_embed)  # [B, T]
+        if self.config.text_embed_to_time:
+            eot = (text_mask.sum(dim=1) - 1).clamp(min=0)  # [B]; the mask is True up to the end-of-text
+            emb = emb + self.text_time_proj(text_states[torch.arange(x.shape[0], device=x.device), eot])
         clip_tokens = self.clip_tokens_proj(image_embed).view(x.shape[0], self.clip_context_tokens, -1)
-        text_tokens = self.text_norm(self.text_proj(text_states.to(dtype)))  # [B, L, context_width]
+        text_tokens = self.text_norm(self.text_proj(text_states))  # [B, L, context_width]
         context = torch.cat([clip_tokens, text_tokens], dim=1)  # [B, 4 + L, context_width]
-        context_mask = F.pad(text_mask.bool(), (self.clip_context_tokens, 0), value=True)  # [B, 4 + L]
+        context_mask = F.pad(text_mask, (self.clip_context_tokens, 0), value=True)  # [B, 4 + L]
         return self.denoise(
             self._with_inpainting_input(x, inpaint_image, inpaint_mask), emb, context, context_mask
         )
+
+    def _with_learned_null(
+        self, image_embed: torch.Tensor, text_states: torch.Tensor, text_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rows holding the guidance null (all-zero image_embed, all-False text_mask) get the learned
+        null instead, when the config has one; other rows pass unchanged."""
+        if self.config.learned_null_image:
+            null_image = (image_embed == 0).all(dim=-1, keepdim=True)  # [B, 1]
+            image_embed = torch.where(null_image, self.null_image_embed, image_embed)
+        if self.config.null_text_tokens:
+            k, length = self.config.null_text_tokens, text_states.shape[1]
+            null_text = ~text_mask.any(dim=-1)  # [B]
+            null_states = F.pad(self.null_text_states, (0, 0, 0, length - k))  # [L, W], masked past k
+            text_states = torch.where(null_text[:, None, None], null_states, text_states)
+            null_mask = torch.arange(length, device=text_mask.device) < k  # [L]
+            text_mask = torch.where(null_text[:, None], null_mask, text_mask)
+        return image_embed, text_states, text_mask
 
     def _with_inpainting_input(
         self, x: torch.Tensor, image: torch.Tensor | None, mask: torch.Tensor | None
@@ -292,8 +355,10 @@ class SuperResUNet(UNet):
     """An upsampler: x_t `[B, 3, H, W]` conditioned on the low-resolution image `[B, 3, h, w]`."""
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, low_res: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        mode = self.config.low_res_upsample
+        # Karlo upsamples bicubic with antialias (PIL's a = -0.5 kernel, not the plain -0.75 one).
         upsampled = F.interpolate(
-            low_res.to(x.dtype), size=x.shape[-2:], mode="bilinear", align_corners=False
+            low_res.to(x.dtype), x.shape[-2:], mode=mode, align_corners=False, antialias=mode == "bicubic"
         )
         return super().forward(torch.cat([x, upsampled], dim=1), t)
 

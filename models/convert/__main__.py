@@ -1,0 +1,5 @@
+import sys
+
+from models.convert import main
+
+sys.exit(main())

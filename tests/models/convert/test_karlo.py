@@ -1,0 +1,164 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import PriorTransformer, UNet2DConditionModel, UNet2DModel
+from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
+from safetensors.torch import load_file
+from transformers import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
+
+from models.checkpoint import UnCLIPModels, load_checkpoint
+from models.clip import CLIP_MEAN, CLIP_STD, TextEncoding
+from models.convert.hf_files import ConversionError
+from models.convert.karlo import SR_LAST_FILE, import_karlo
+from models.unet import SuperResUNet
+from tests.models.convert.karlo_folder import make_karlo_folder
+
+PROMPTS = ["a photo of a red circle", "green square on the left"]
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def karlo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_karlo_folder(tmp_path_factory.mktemp("karlo"))
+
+
+@pytest.fixture(scope="module")
+def imported(karlo: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, UnCLIPModels]:
+    out = import_karlo(karlo, tmp_path_factory.mktemp("ours"))
+    return out, load_checkpoint(out)
+
+
+def karlo_text(karlo: Path, prompts: list[str], models: UnCLIPModels) -> tuple[torch.Tensor, ...]:
+    """What UnCLIPPipeline._encode_prompt computes: raw text embeds, token states, attention mask."""
+    ids, _ = models.tokenizer.encode(prompts)
+    mask = ids.ne(0)  # Karlo pads with "!" = id 0; the tokenizer's mask covers SOT..EOT
+    with torch.no_grad():
+        out = CLIPTextModelWithProjection.from_pretrained(karlo / "text_encoder").eval()(input_ids=ids)
+    return ids, out.text_embeds, out.last_hidden_state, mask
+
+
+def test_config_records_karlo_choices(imported: tuple[Path, UnCLIPModels]) -> None:
+    out, models = imported
+    config = models.config
+    assert config.sr1024 is None and config.sampling.size == 256
+    assert (config.prior_diffusion.predict, config.prior_diffusion.x0_clip_range) == ("x0", 5.0)
+    assert config.decoder_diffusion.learned_variance and config.decoder_diffusion.predict == "eps"
+    assert not config.sr256_diffusion.learned_variance
+    assert config.decoder.attention_resolutions == (16, 8) and config.decoder.channel_mult == (1, 2, 3)
+    assert (out / SR_LAST_FILE).is_file()
+
+
+def test_clip_image_embeds_are_karlos_raw_embeds(karlo: Path, imported: tuple[Path, UnCLIPModels]) -> None:
+    models = imported[1]
+    images = torch.rand(2, 3, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    pixels = ((images + 1) / 2 - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[
+        :, None, None
+    ]
+    with torch.no_grad():
+        theirs = CLIPVisionModelWithProjection.from_pretrained(karlo / "image_encoder")(pixel_values=pixels)
+        assert (models.clip.encode_image(images) - theirs.image_embeds).abs().max() <= TOL
+
+
+def test_prior_matches_diffusers_conditional_and_null(
+    karlo: Path, imported: tuple[Path, UnCLIPModels]
+) -> None:
+    models = imported[1]
+    prior = PriorTransformer.from_pretrained(karlo / "prior").eval()
+    ids, embeds, states, mask = karlo_text(karlo, [*PROMPTS, ""], models)
+    x_t = torch.randn(3, 48, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([999, 500, 3])
+    with torch.no_grad():
+        theirs = prior(x_t, t, proj_embedding=embeds, encoder_hidden_states=states, attention_mask=mask)
+        text = models.clip.encode_text(ids)
+        ours = models.prior(x_t, t, text, torch.zeros(3, dtype=torch.bool))
+        # Our guidance null (drop_text) is Karlo's empty prompt, whatever the row's text.
+        dropped = models.prior(x_t, t, text, torch.ones(3, dtype=torch.bool))
+        null = theirs.predicted_image_embedding[2:].expand(3, -1)
+        empty = prior(
+            x_t,
+            t,
+            proj_embedding=embeds[2:].expand(3, -1),
+            encoder_hidden_states=states[2:].expand(3, -1, -1),
+            attention_mask=mask[2:].expand(3, -1),
+        )
+    assert (ours - theirs.predicted_image_embedding).abs().max() <= TOL
+    assert (dropped - empty.predicted_image_embedding).abs().max() <= TOL
+    assert (dropped[2] - null[2]).abs().max() <= TOL
+    latents = torch.randn(2, 48)
+    assert (models.prior.latents_to_embeds(latents) - prior.post_process_latents(latents)).abs().max() <= 1e-5
+    assert (
+        models.prior.embeds_to_latents(models.prior.latents_to_embeds(latents)) - latents
+    ).abs().max() <= 1e-4
+
+
+def test_decoder_matches_text_proj_and_unet(karlo: Path, imported: tuple[Path, UnCLIPModels]) -> None:
+    models = imported[1]
+    text_proj = UnCLIPTextProjModel.from_pretrained(karlo / "text_proj").eval()
+    unet = UNet2DConditionModel.from_pretrained(karlo / "decoder").eval()
+    ids, embeds, states, mask = karlo_text(karlo, [""] * 2 + PROMPTS, models)  # uncond half first, as Karlo
+    image_embed = torch.randn(2, 48, generator=torch.Generator().manual_seed(2)) * 3
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([999, 10, 999, 10])
+    with torch.no_grad():
+        context, additive = text_proj(
+            image_embeddings=image_embed,
+            prompt_embeds=embeds,
+            text_encoder_hidden_states=states,
+            do_classifier_free_guidance=True,
+        )
+        theirs = unet(
+            x,
+            t,
+            encoder_hidden_states=context,
+            class_labels=additive,
+            attention_mask=F.pad(mask, (4, 0), value=True),
+        ).sample
+        text: TextEncoding = models.clip.encode_text(ids)
+        # Our null rows: zero image embedding and an all-False text mask (the project's guidance null).
+        null_mask = torch.cat([torch.zeros_like(text.mask[:2]), text.mask[2:]])
+        ours = models.decoder(x, t, torch.cat([torch.zeros(2, 48), image_embed]), text.states, null_mask)
+    assert theirs.shape == ours.shape == (4, 6, 32, 32)
+    assert (ours - theirs).abs().max() <= TOL
+
+
+def test_upsamplers_match_super_res_first_and_last(karlo: Path, imported: tuple[Path, UnCLIPModels]) -> None:
+    out, models = imported
+    low = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    t = torch.tensor([999, 250])
+    upscaled = F.interpolate(low, size=[64, 64], mode="bicubic", align_corners=False, antialias=True)
+    last = SuperResUNet(models.config.sr256).eval()
+    last.load_state_dict(load_file(out / SR_LAST_FILE))
+    for name, ours in (("super_res_first", models.sr256), ("super_res_last", last)):
+        theirs = UNet2DModel.from_pretrained(karlo / name).eval()
+        with torch.no_grad():
+            expected = theirs(torch.cat([x, upscaled], dim=1), t).sample
+            assert (ours(x, t, low) - expected).abs().max() <= TOL, name
+
+
+def test_refuses_what_it_cannot_reproduce(karlo: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = Path(shutil.copytree(karlo, tmp_path / "karlo"))
+    shutil.rmtree(copy / "image_encoder")
+    with pytest.raises(ConversionError, match="image_encoder"):
+        import_karlo(copy, tmp_path / "out")
+    config = (copy / "decoder" / "config.json").read_text()
+    (copy / "decoder" / "config.json").write_text(
+        config.replace('"scale_shift"', '"default"', 1).replace('"act_fn": "silu"', '"act_fn": "gelu"')
+    )
+    with pytest.raises(ConversionError, match="act_fn"):
+        import_karlo(copy, tmp_path / "out", image_encoder=karlo / "image_encoder")
+
+
+def test_command_line_import(karlo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from models.convert import main
+
+    assert main(["karlo", str(karlo), str(tmp_path / "out")]) == 0
+    assert load_checkpoint(tmp_path / "out").config.sampling.size == 256
+    assert main(["karlo", str(tmp_path / "missing"), str(tmp_path / "out2")]) == 1
+    assert "import failed" in capsys.readouterr().out
