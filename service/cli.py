@@ -19,7 +19,7 @@ def _sampling_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prior-guidance", type=float)
     parser.add_argument("--decoder-guidance", type=float)
     parser.add_argument("-o", "--output", type=Path, default=Path("out.png"),
-                        help="PNG path; several images get -0, -1, ... before the suffix")
+                        help="PNG path; several images get _0, _1, ... before the suffix")
 
 
 def _server_flags(parser: argparse.ArgumentParser) -> None:
@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     interpolate.add_argument("image_a", type=Path)
     interpolate.add_argument("image_b", type=Path)
     interpolate.add_argument("--frames", type=int, default=5)
+    interpolate.add_argument("--latent", choices=("slerp", "fixed"), default="slerp",
+                             help="slerp between both images' inverted noise, or one fixed random noise")
     _sampling_flags(interpolate)
 
     text_diff = commands.add_parser("text-diff", help="move an image toward a caption, in-process")
@@ -74,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("out_dir", type=Path)
     init.add_argument("--config", default="tiny", help="named size (tiny, small)")
     init.add_argument("--seed", type=int, default=0)
+
+    from models.convert import add_arguments as add_import_arguments  # argparse only, no torch
+
+    add_import_arguments(commands.add_parser("import", help="convert published weights (karlo | clip)"))
     return parser
 
 
@@ -81,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("serve", "gateway", "worker"):
         from service import serve as commands
+    elif args.command == "import":
+        from models import convert as commands
     else:
         from service import local as commands
     return int(commands.run(args) or 0)

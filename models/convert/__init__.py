@@ -7,6 +7,7 @@ python -m models.convert karlo SRC OUT [--image-encoder FOLDER]   diffusers UnCL
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             out = import_karlo(args.src, args.out, image_encoder=args.image_encoder)
     except (ConversionError, FileNotFoundError) as error:
-        print(f"import failed: {error}")
+        print(f"import failed: {error}", file=sys.stderr)
         return 1
     print(f"wrote {out}")
     return 0

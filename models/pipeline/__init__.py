@@ -1,0 +1,15 @@
+"""The unCLIP sampling pipeline (Contract B): `UnCLIPPipeline` and its `Sampling` / `Progress` types.
+
+Modules, one idea each:
+  sampling.py  the sampling settings and progress reports
+  devices.py   device and dtype choice ("auto")
+  images.py    PIL images and masks ↔ tensors in [-1, 1]
+  latents.py   per-item generators and spherical interpolation
+  stages.py    one stage each: text/image encoding, prior, decoder (sample / invert), upsamplers
+  unclip.py    UnCLIPPipeline: loading and the five operations composed from the stages
+"""
+
+from models.pipeline.sampling import Progress, ProgressCallback, Sampling
+from models.pipeline.unclip import UnCLIPPipeline
+
+__all__ = ["Progress", "ProgressCallback", "Sampling", "UnCLIPPipeline"]

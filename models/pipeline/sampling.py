@@ -1,0 +1,65 @@
+"""What a caller chooses about sampling (`Sampling`) and what the pipeline reports back (`Progress`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+from models.diffusion import StepCallback
+
+SIZES = (64, 256, 1024)
+STAGES = ("prior", "invert", "decoder", "sr256", "sr1024")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Same fields and defaults as `models.config.SamplingDefaults`; `size` is where sampling stops."""
+
+    size: int = 1024  # 64 | 256 | 1024
+    prior_steps: int = 25
+    prior_guidance: float = 4.0
+    decoder_steps: int = 25
+    decoder_guidance: float = 8.0
+    sr256_steps: int = 7
+    sr1024_steps: int = 7
+
+    def __post_init__(self) -> None:
+        if self.size not in SIZES:
+            raise ValueError(f"size must be one of {SIZES}, got {self.size}")
+        for name in ("prior_steps", "decoder_steps", "sr256_steps", "sr1024_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("prior_guidance", "decoder_guidance"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    def upsamplers(self) -> tuple[str, ...]:
+        """The upsampling stages to run after the 64 px decoder to reach `size`."""
+        return {64: (), 256: ("sr256",), 1024: ("sr256", "sr1024")}[self.size]
+
+
+@dataclass(frozen=True)
+class Progress:
+    stage: str  # one of STAGES
+    step: int  # 1..total
+    total: int
+
+
+# May raise any exception to stop sampling; the pipeline lets it through.
+ProgressCallback = Callable[[Progress], None]
+
+
+def stage_reporter(progress: ProgressCallback | None, stage: str) -> StepCallback | None:
+    """The diffusion loop's `(done, total)` callback that reports `stage` to `progress`."""
+    if progress is None:
+        return None
+
+    def on_step(done: int, total: int) -> None:
+        progress(Progress(stage, done, total))
+
+    return on_step

@@ -1,0 +1,187 @@
+"""The stages of unCLIP sampling, each over explicit networks and tensors (no PIL, no settings).
+
+Shapes: B items, E the CLIP embedding size, L the text context, W the CLIP text width, S the image side.
+Every network output is cast to float32, the dtype the diffusion math runs in whatever the weights are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+from models.clip import CLIP, TextEncoding
+from models.config import DiffusionConfig
+from models.diffusion import (
+    AfterStep,
+    Clamp,
+    Denoiser,
+    GaussianDiffusion,
+    StepCallback,
+    classifier_free_guidance,
+    gaussian_noise,
+)
+from models.prior import DiffusionPrior
+from models.tokenizer import Tokenizer
+from models.unet import DecoderUNet, SuperResUNet
+
+# The prior draws this many embeddings per item and keeps the one closest to the text (unCLIP §2.1).
+PRIOR_CANDIDATES = 2
+
+
+# Encoders ---------------------------------------------------------------------------------------------
+
+
+def encode_text(clip: CLIP, tokenizer: Tokenizer, prompts: list[str], device: torch.device) -> TextEncoding:
+    ids, _ = tokenizer.encode(prompts)
+    return clip.encode_text(ids.to(device))
+
+
+def encode_images(clip: CLIP, images: torch.Tensor) -> torch.Tensor:
+    """images `[B, 3, S, S]` in [-1, 1] → unit CLIP image embeddings z_i `[B, E]` float32."""
+    return clip.encode_image(images).float()
+
+
+# Prior ------------------------------------------------------------------------------------------------
+
+
+def prior_denoiser(prior: DiffusionPrior, text: TextEncoding, guidance: float) -> Denoiser:
+    """x_t `[N, E]` → guided x0 `[N, E]`; the null half sees the prior's learned null text."""
+    rows = text.embeds.shape[0]
+    if guidance == 1.0:  # the unconditional half would cancel out: skip it
+        keep = torch.zeros(rows, dtype=torch.bool, device=text.embeds.device)
+        return lambda x, t: prior(x, t, text, keep).float()
+    pair = TextEncoding(*(torch.cat([part, part]) for part in text))
+    drop = torch.arange(2 * rows, device=text.embeds.device) >= rows  # rows [N:] unconditioned
+    return classifier_free_guidance(
+        lambda x, t: prior(x, t, pair, drop).float(), guidance, text.embeds.shape[1]
+    )
+
+
+def x0_clamp(config: DiffusionConfig, default: Clamp | None) -> Clamp | None:
+    """How a component's sampler clamps predicted x0: the config's range when it sets one, else `default`."""
+    limit = config.x0_clip_range
+    if limit is None:
+        return default
+    return lambda x0: x0.clamp(-limit, limit)
+
+
+def sample_prior(
+    prior: DiffusionPrior,
+    diffusion: GaussianDiffusion,
+    text: TextEncoding,
+    generators: Sequence[torch.Generator],
+    guidance: float,
+    *,
+    unit: bool = True,
+    clamp: Clamp | None = None,
+    on_step: StepCallback | None = None,
+) -> torch.Tensor:
+    """CLIP image embeddings z_i `[B, E]`: the better of PRIOR_CANDIDATES samples by cos(z_i, z_t).
+
+    `unit`: return unit vectors (what our decoders are trained on); else the prior's raw embeddings (a
+    decoder trained on unnormalised CLIP image embeddings, as Karlo's, needs their length).
+    """
+    batch, embed_dim = text.embeds.shape
+    device = text.embeds.device
+    # Rows [item 0 candidate 0, item 0 candidate 1, item 1 candidate 0, ...]; an item's candidates draw,
+    # in turn, from the item's own generator.
+    candidates = TextEncoding(*(part.repeat_interleave(PRIOR_CANDIDATES, dim=0) for part in text))
+    row_generators = [g for g in generators for _ in range(PRIOR_CANDIDATES)]
+    x_T = gaussian_noise(row_generators, (embed_dim,), device)
+    denoise = prior_denoiser(prior, candidates, guidance)
+    latents = diffusion.sample(denoise, x_T, row_generators, method="ddpm", clamp=clamp, on_step=on_step)
+    z = prior.latents_to_embeds(latents).float().view(batch, PRIOR_CANDIDATES, embed_dim)
+    score = (F.normalize(z, dim=-1) * text.embeds.float()[:, None]).sum(-1)  # [B, candidates]
+    best = z[torch.arange(batch, device=device), score.argmax(dim=1)]  # stays on the device: no sync
+    return F.normalize(best, dim=-1) if unit else best
+
+
+# Decoder ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DecoderCondition:
+    """Everything the decoder sees besides x_t, for B rows."""
+
+    image_embed: torch.Tensor  # [B, E] unit CLIP image embedding; zeros = the guidance null
+    text_states: torch.Tensor  # [B, L, W] CLIP token states
+    text_mask: torch.Tensor  # [B, L] bool; all False = no caption (dropped)
+    inpaint_image: torch.Tensor | None = None  # [B, 3, 64, 64] in [-1, 1], GLIDE inpainting decoders only
+    inpaint_known: torch.Tensor | None = None  # [B, 1, 64, 64], 1 = keep
+
+    @classmethod
+    def image_only(cls, image_embed: torch.Tensor, context_length: int, text_width: int) -> DecoderCondition:
+        """Conditioned on z_i alone, as the decoder saw it when training dropped the caption."""
+        batch = image_embed.shape[0]
+        states = image_embed.new_zeros(batch, context_length, text_width)  # masked out: any value does
+        mask = torch.zeros(batch, context_length, dtype=torch.bool, device=image_embed.device)
+        return cls(image_embed, states, mask)
+
+    def null(self) -> DecoderCondition:
+        """The classifier-free guidance null as the decoder was trained: zero z_i and dropped text. The
+        inpainting input stays: it is part of the task, not of the condition being guided."""
+        return replace(
+            self, image_embed=torch.zeros_like(self.image_embed), text_mask=torch.zeros_like(self.text_mask)
+        )
+
+    def tensors(self) -> tuple[torch.Tensor | None, ...]:
+        return (self.image_embed, self.text_states, self.text_mask, self.inpaint_image, self.inpaint_known)
+
+
+def concat_conditions(first: DecoderCondition, second: DecoderCondition) -> DecoderCondition:
+    def join(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+        return None if a is None or b is None else torch.cat([a, b])
+
+    return DecoderCondition(*(join(a, b) for a, b in zip(first.tensors(), second.tensors(), strict=True)))
+
+
+def decoder_denoiser(decoder: DecoderUNet, condition: DecoderCondition, guidance: float) -> Denoiser:
+    """x_t `[B, 3, 64, 64]` → guided output `[B, out_channels, 64, 64]` (a learned variance is unguided)."""
+
+    def run(x: torch.Tensor, t: torch.Tensor, c: DecoderCondition) -> torch.Tensor:
+        return decoder(
+            x, t, c.image_embed, c.text_states, c.text_mask, c.inpaint_image, c.inpaint_known
+        ).float()
+
+    if guidance == 1.0:  # the unconditional half would cancel out: skip it
+        return lambda x, t: run(x, t, condition)
+    pair = concat_conditions(condition, condition.null())  # built once, not per step
+    return classifier_free_guidance(lambda x, t: run(x, t, pair), guidance, channels=3)
+
+
+# Upsamplers -------------------------------------------------------------------------------------------
+
+
+def upsampler_denoiser(upsampler: SuperResUNet, low_res: torch.Tensor) -> Denoiser:
+    """No text and no guidance (unCLIP §2.2): the low-resolution image `[B, 3, s, s]` is the condition."""
+    return lambda x, t: upsampler(x, t, low_res).float()
+
+
+# Inpainting -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KnownRegion:
+    """The pixels an inpainting stage must keep: image `[B, 3, S, S]`, known `[B, 1, S, S]` (1 = keep)."""
+
+    image: torch.Tensor
+    known: torch.Tensor
+
+    def paste(self, x0: torch.Tensor) -> torch.Tensor:
+        """Predicted x_0 with the known region set to the image (GLIDE's denoised_fn)."""
+        return torch.lerp(x0, self.image, self.known)
+
+    def replacer(self, diffusion: GaussianDiffusion, generators: Sequence[torch.Generator]) -> AfterStep:
+        """After each step, the known region of x is the image noised to the step x is now at, so the
+        network always sees the true known pixels (and the last step leaves them exact)."""
+
+        def after_step(x: torch.Tensor, step: int) -> torch.Tensor:
+            if step == 0:  # x is x_0 now: paste the image itself, no noise needed
+                return torch.lerp(x, self.image, self.known)
+            noise = gaussian_noise(generators, x.shape[1:], x.device, x.dtype)
+            return torch.lerp(x, diffusion.q_sample_step(self.image, step - 1, noise), self.known)
+
+        return after_step

@@ -1,0 +1,364 @@
+"""`UnCLIPPipeline` (Contract B): the five unCLIP operations over one loaded checkpoint.
+
+Every operation is a short composition of stages (stages.py): CLIP → prior → decoder 64 px (sampled, or
+started from a DDIM-inverted image) → upsamplers up to `sampling.size`. Batch invariance: each item owns
+a torch.Generator seeded from its seed and every random number it uses comes from that stream, so an
+item's output depends only on its inputs and its seed, never on the rest of the batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from models.checkpoint import UnCLIPModels, default_checkpoint, load_checkpoint
+from models.clip import TextEncoding
+from models.diffusion import Clamp, GaussianDiffusion, clamp_images, gaussian_noise
+from models.pipeline.devices import resolve_device, resolve_dtype
+from models.pipeline.images import images_to_tensor, known_regions, tensor_to_images
+from models.pipeline.latents import item_generators, sequence_streams, slerp
+from models.pipeline.sampling import ProgressCallback, Sampling, stage_reporter
+from models.pipeline.stages import (
+    DecoderCondition,
+    KnownRegion,
+    decoder_denoiser,
+    encode_images,
+    encode_text,
+    sample_prior,
+    upsampler_denoiser,
+    x0_clamp,
+)
+
+DECODER_SIZE = 64
+UPSAMPLER_SIZES = {"sr256": 256, "sr1024": 1024}
+LATENTS = ("slerp", "fixed")
+# Text diffs move along slerp(z_i, z_d, θ) with θ from 0 up to this; the paper uses a maximum in
+# [0.25, 0.5] (unCLIP §3.3): further, the image stops looking like its source.
+TEXT_DIFF_MAX_FRACTION = 0.5
+RegionAt = Callable[[int], KnownRegion]  # image side → the pixels to keep at that side
+
+
+class UnCLIPPipeline:
+    def __init__(self, models: UnCLIPModels, device: torch.device, dtype: torch.dtype) -> None:
+        self.models = models
+        self.device = device
+        self.dtype = dtype
+
+    @classmethod
+    def from_checkpoint(
+        cls, folder: str | Path | None = None, device: str = "auto", dtype: str | torch.dtype = "auto"
+    ) -> UnCLIPPipeline:
+        """Load a checkpoint folder (None = the shipped default) onto `device` in `dtype`."""
+        resolved_device = resolve_device(device)
+        resolved_dtype = resolve_dtype(dtype, resolved_device)
+        models = load_checkpoint(folder or default_checkpoint(), resolved_device, resolved_dtype)
+        return cls(models, resolved_device, resolved_dtype)
+
+    # Settings ---------------------------------------------------------------------------------------
+
+    @property
+    def default_sampling(self) -> Sampling:
+        defaults = Sampling(**self.models.config.sampling.to_dict())
+        if defaults.size == 1024 and self.models.sr1024 is None:  # the largest size this checkpoint makes
+            defaults = dataclasses.replace(defaults, size=256)
+        return defaults
+
+    def sampling(self, **overrides: float | int | None) -> Sampling:
+        """The default sampling with `overrides` applied (None = keep the default)."""
+        unknown = sorted(set(overrides) - set(Sampling.field_names()))
+        if unknown:
+            raise ValueError(f"unknown sampling setting(s) {unknown}; known: {list(Sampling.field_names())}")
+        chosen = {name: value for name, value in overrides.items() if value is not None}
+        sampling = dataclasses.replace(self.default_sampling, **chosen)
+        self._check_size(sampling)
+        return sampling
+
+    def truncated(self, prompts: list[str]) -> list[bool]:
+        """Which prompts are longer than the CLIP context (and are cut to fit)."""
+        return self.models.tokenizer.encode(prompts)[1]
+
+    # Operations -------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: list[str],
+        seeds: list[int],
+        sampling: Sampling,
+        progress: ProgressCallback | None = None,
+    ) -> list[Image.Image]:
+        """Text → images: prior (2 candidates, guided) → guided decoder → upsamplers."""
+        _same_length(prompts=prompts, seeds=seeds)
+        self._check_size(sampling)
+        generators = item_generators(seeds)
+        text = self._text(prompts)
+        image_embed = self._prior(text, generators, sampling, progress)
+        condition = DecoderCondition(image_embed, text.states, text.mask)
+        x = self._decode(condition, self._noise(generators, DECODER_SIZE), generators, sampling, progress)
+        return tensor_to_images(self._upsample(x, generators, sampling, progress))
+
+    @torch.inference_mode()
+    def variation(
+        self,
+        images: list[Image.Image],
+        seeds: list[int],
+        sampling: Sampling,
+        eta: float = 0.5,
+        progress: ProgressCallback | None = None,
+    ) -> list[Image.Image]:
+        """Decode z_i = CLIP(image) from the image's own DDIM-inverted x_T; eta 0 reconstructs it."""
+        _same_length(images=images, seeds=seeds)
+        self._check_size(sampling)
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0, got {eta}")
+        generators = item_generators(seeds)
+        condition = self._image_condition(self._image_embeds(images))
+        x_T = self._invert(condition, self._pixels(images, DECODER_SIZE), sampling, progress)
+        x = self._decode(condition, x_T, generators, sampling, progress, method="ddim", eta=eta)
+        return tensor_to_images(self._upsample(x, generators, sampling, progress))
+
+    @torch.inference_mode()
+    def inpaint(
+        self,
+        images: list[Image.Image],
+        masks: list[Image.Image],
+        prompts: list[str],
+        seeds: list[int],
+        sampling: Sampling,
+        progress: ProgressCallback | None = None,
+    ) -> list[Image.Image]:
+        """Repaint where a mask is 255 following the prompt; every stage keeps the other pixels."""
+        _same_length(images=images, masks=masks, prompts=prompts, seeds=seeds)
+        self._check_size(sampling)
+        for index, (image, mask) in enumerate(zip(images, masks, strict=True)):
+            if image.size != mask.size:
+                raise ValueError(
+                    f"mask {index} is {mask.size[0]}x{mask.size[1]}, its image {image.size[0]}x"
+                    f"{image.size[1]}: they must be the same size"
+                )
+
+        def region_at(size: int) -> KnownRegion:
+            return KnownRegion(self._pixels(images, size), known_regions(masks, size, self.device))
+
+        generators = item_generators(seeds)
+        text = self._text(prompts)
+        image_embed = self._prior(text, generators, sampling, progress)
+        region = region_at(DECODER_SIZE)
+        condition = DecoderCondition(image_embed, text.states, text.mask)
+        if self.models.decoder.supports_inpainting:  # GLIDE's input; others rely on the region alone
+            condition = dataclasses.replace(condition, inpaint_image=region.image, inpaint_known=region.known)
+        noise = self._noise(generators, DECODER_SIZE)
+        x = self._decode(condition, noise, generators, sampling, progress, region=region)
+        return tensor_to_images(self._upsample(x, generators, sampling, progress, region_at))
+
+    @torch.inference_mode()
+    def interpolate(
+        self,
+        images_a: list[Image.Image],
+        images_b: list[Image.Image],
+        seeds: list[int],
+        sampling: Sampling,
+        frames: int = 5,
+        latent: str = "slerp",
+        progress: ProgressCallback | None = None,
+    ) -> list[list[Image.Image]]:
+        """`frames` images per (a, b) pair along slerp(z_a, z_b); x_T slerped between the inverted images
+        ("slerp") or one random x_T held for every frame ("fixed")."""
+        _same_length(images_a=images_a, images_b=images_b, seeds=seeds)
+        self._check_size(sampling)
+        _check_frames(frames)
+        if latent not in LATENTS:
+            raise ValueError(f"latent must be one of {LATENTS}, got {latent!r}")
+        batch = len(seeds)
+        embeds = self._image_embeds([*images_a, *images_b])  # [2B, E]
+        fractions = torch.linspace(0, 1, frames, device=self.device).repeat(batch)  # [B * frames]
+        image_embed = slerp(*_frame_rows(embeds.chunk(2), frames), fractions)
+        fixed_shape = (3, DECODER_SIZE, DECODER_SIZE) if latent == "fixed" else None
+        generators, fixed = sequence_streams(seeds, frames, fixed_shape, self.device)
+        if fixed is None:
+            pixels = self._pixels([*images_a, *images_b], DECODER_SIZE)
+            x_T = self._invert(self._image_condition(embeds), pixels, sampling, progress)  # [2B, 3, 64, 64]
+            x_T = slerp(*_frame_rows(x_T.chunk(2), frames), fractions)
+        else:
+            x_T = fixed.repeat_interleave(frames, dim=0)
+        return self._decode_frames(image_embed, x_T, generators, sampling, frames, progress)
+
+    @torch.inference_mode()
+    def text_diff(
+        self,
+        images: list[Image.Image],
+        prompts: list[str],
+        source_captions: list[str],
+        seeds: list[int],
+        sampling: Sampling,
+        frames: int = 5,
+        progress: ProgressCallback | None = None,
+    ) -> list[list[Image.Image]]:
+        """Frames along slerp(z_i, z_d) with z_d = norm(z_t − z_t0), all decoded from the image's x_T."""
+        _same_length(images=images, prompts=prompts, source_captions=source_captions, seeds=seeds)
+        self._check_size(sampling)
+        _check_frames(frames)
+        batch = len(seeds)
+        target, source = self._text([*prompts, *source_captions]).embeds.float().chunk(2)
+        embeds = self._image_embeds(images)
+        # z_d at z_i's length: unit for unit embeddings; raw CLIP embeddings keep their scale.
+        direction = F.normalize(target - source, dim=-1) * embeds.norm(dim=-1, keepdim=True)  # [B, E]
+        x_T = self._invert(
+            self._image_condition(embeds), self._pixels(images, DECODER_SIZE), sampling, progress
+        )
+        fractions = torch.linspace(0, TEXT_DIFF_MAX_FRACTION, frames, device=self.device).repeat(batch)
+        image_embed = slerp(*_frame_rows((embeds, direction), frames), fractions)
+        generators, _ = sequence_streams(seeds, frames, None, self.device)
+        x_T = x_T.repeat_interleave(frames, dim=0)
+        return self._decode_frames(image_embed, x_T, generators, sampling, frames, progress)
+
+    # Stages -----------------------------------------------------------------------------------------
+
+    def _text(self, prompts: list[str]) -> TextEncoding:
+        return encode_text(self.models.clip, self.models.tokenizer, prompts, self.device)
+
+    def _image_embeds(self, images: list[Image.Image]) -> torch.Tensor:
+        return encode_images(self.models.clip, self._pixels(images, self.models.clip.image_size))
+
+    def _image_condition(self, image_embed: torch.Tensor) -> DecoderCondition:
+        clip = self.models.config.clip
+        condition = DecoderCondition.image_only(image_embed, clip.context_length, clip.text_width)
+        return dataclasses.replace(condition, text_states=condition.text_states.to(self.dtype))
+
+    def _pixels(self, images: list[Image.Image], size: int) -> torch.Tensor:
+        return images_to_tensor(images, size, self.device)
+
+    def _noise(self, generators: Sequence[torch.Generator], size: int) -> torch.Tensor:
+        return gaussian_noise(generators, (3, size, size), self.device)
+
+    def _image_clamp(self, component: str, region: KnownRegion | None) -> Clamp:
+        """Predicted images clipped to [-1, 1] (or the component's range), then the known pixels pasted."""
+        clamp = x0_clamp(getattr(self.models.config, f"{component}_diffusion"), clamp_images) or clamp_images
+        return clamp if region is None else lambda x0: region.paste(clamp(x0))
+
+    def _diffusion(self, component: str, steps: int) -> GaussianDiffusion:
+        config = getattr(self.models.config, f"{component}_diffusion")
+        return GaussianDiffusion.from_config(config, steps)
+
+    def _prior(
+        self,
+        text: TextEncoding,
+        generators: list[torch.Generator],
+        sampling: Sampling,
+        progress: ProgressCallback | None,
+    ) -> torch.Tensor:
+        config = self.models.config
+        return sample_prior(
+            self.models.prior,
+            self._diffusion("prior", sampling.prior_steps),
+            text,
+            generators,
+            sampling.prior_guidance,
+            unit=config.clip.normalize_image_embeds,
+            clamp=x0_clamp(config.prior_diffusion, default=None),
+            on_step=stage_reporter(progress, "prior"),
+        )
+
+    def _decode(
+        self,
+        condition: DecoderCondition,
+        x_T: torch.Tensor,
+        generators: Sequence[torch.Generator],
+        sampling: Sampling,
+        progress: ProgressCallback | None,
+        *,
+        method: str = "ddpm",
+        eta: float = 0.0,
+        region: KnownRegion | None = None,
+    ) -> torch.Tensor:
+        """The 64 px decoder from x_T `[B, 3, 64, 64]` → x_0 `[B, 3, 64, 64]`."""
+        diffusion = self._diffusion("decoder", sampling.decoder_steps)
+        denoise = decoder_denoiser(self.models.decoder, condition, sampling.decoder_guidance)
+        return diffusion.sample(
+            denoise,
+            x_T,
+            generators,
+            method=method,
+            eta=eta,
+            clamp=self._image_clamp("decoder", region),
+            after_step=None if region is None else region.replacer(diffusion, generators),
+            on_step=stage_reporter(progress, "decoder"),
+        )
+
+    def _invert(
+        self,
+        condition: DecoderCondition,
+        x0: torch.Tensor,
+        sampling: Sampling,
+        progress: ProgressCallback | None,
+    ) -> torch.Tensor:
+        """DDIM inversion through the same guided decoder that eta=0 sampling then runs backwards."""
+        diffusion = self._diffusion("decoder", sampling.decoder_steps)
+        denoise = decoder_denoiser(self.models.decoder, condition, sampling.decoder_guidance)
+        clamp = self._image_clamp("decoder", None)
+        return diffusion.invert(denoise, x0, clamp=clamp, on_step=stage_reporter(progress, "invert"))
+
+    def _upsample(
+        self,
+        x: torch.Tensor,
+        generators: Sequence[torch.Generator],
+        sampling: Sampling,
+        progress: ProgressCallback | None,
+        region_at: RegionAt | None = None,
+    ) -> torch.Tensor:
+        """64 px images `[B, 3, 64, 64]` → `[B, 3, size, size]` through the upsamplers `size` needs."""
+        for stage in sampling.upsamplers():
+            size = UPSAMPLER_SIZES[stage]
+            diffusion = self._diffusion(stage, getattr(sampling, f"{stage}_steps"))
+            region = None if region_at is None else region_at(size)
+            x = diffusion.sample(
+                upsampler_denoiser(getattr(self.models, stage), x),
+                self._noise(generators, size),
+                generators,
+                clamp=self._image_clamp(stage, region),
+                after_step=None if region is None else region.replacer(diffusion, generators),
+                on_step=stage_reporter(progress, stage),
+            )
+        return x
+
+    def _decode_frames(
+        self,
+        image_embed: torch.Tensor,
+        x_T: torch.Tensor,
+        generators: list[torch.Generator],
+        sampling: Sampling,
+        frames: int,
+        progress: ProgressCallback | None,
+    ) -> list[list[Image.Image]]:
+        """Rows `[B * frames, ...]` decoded deterministically (DDIM eta 0) → B sequences of frames."""
+        condition = self._image_condition(image_embed)
+        x = self._decode(condition, x_T, generators, sampling, progress, method="ddim", eta=0.0)
+        images = tensor_to_images(self._upsample(x, generators, sampling, progress))
+        return [images[start : start + frames] for start in range(0, len(images), frames)]
+
+    def _check_size(self, sampling: Sampling) -> None:
+        if sampling.size == 1024 and self.models.sr1024 is None:
+            raise ValueError("this checkpoint has no 256→1024 upsampler: choose size 64 or 256")
+
+
+def _frame_rows(pair: Sequence[torch.Tensor], frames: int) -> tuple[torch.Tensor, ...]:
+    """Each of a pair of `[B, ...]` tensors with every row repeated for the `frames` frames of its item."""
+    return tuple(part.repeat_interleave(frames, dim=0) for part in pair)
+
+
+def _check_frames(frames: int) -> None:
+    if frames < 1:
+        raise ValueError(f"frames must be at least 1, got {frames}")
+
+
+def _same_length(**lists: Sequence[object]) -> None:
+    lengths = {name: len(values) for name, values in lists.items()}
+    if 0 in lengths.values():
+        raise ValueError(f"nothing to do: an empty list among {sorted(lengths)}")
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"one entry per item is needed in each list, got lengths {lengths}")

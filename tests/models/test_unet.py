@@ -1,0 +1,146 @@
+"""The decoder and upsampler UNets of the tiny config: shapes, dtypes and what each input changes."""
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.config import named_config
+from models.unet import AttentionBlock, DecoderUNet, SuperResUNet, build_unet
+
+TINY = named_config("tiny")
+E, W, L = TINY.clip.embed_dim, TINY.clip.text_width, TINY.clip.context_length
+
+
+def randomise_zeros(module: torch.nn.Module) -> torch.nn.Module:
+    """Output layers start at zero (the network starts as the identity); give them values so outputs
+    depend on the inputs."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            if not parameter.any():
+                parameter.copy_(0.05 * torch.randn(parameter.shape, generator=generator))
+    return module.eval()
+
+
+@pytest.fixture(scope="module")
+def decoder() -> DecoderUNet:
+    torch.manual_seed(0)
+    return randomise_zeros(DecoderUNet(TINY.decoder))
+
+
+def decoder_inputs(batch: int = 2, seed: int = 1) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "x": torch.randn(batch, 3, 64, 64, generator=generator),
+        "t": torch.tensor([10, 900][:batch] + [500] * max(batch - 2, 0)),
+        "image_embed": F.normalize(torch.randn(batch, E, generator=generator), dim=-1),
+        "text_states": torch.randn(batch, L, W, generator=generator),
+        "text_mask": torch.arange(L)[None].expand(batch, L) < 6,
+    }
+
+
+@torch.no_grad()
+def test_decoder_outputs_eps_and_variance_channels_per_pixel(decoder: DecoderUNet) -> None:
+    out = decoder(**decoder_inputs())
+    assert out.shape == (2, 6, 64, 64) and out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+    assert decoder.supports_inpainting  # the tiny decoder takes GLIDE's 7-channel input
+
+
+@torch.no_grad()
+def test_fresh_unets_start_at_zero_output() -> None:
+    torch.manual_seed(0)
+    out = DecoderUNet(TINY.decoder)(**decoder_inputs())
+    assert torch.equal(out, torch.zeros_like(out))
+
+
+@torch.no_grad()
+def test_decoder_output_depends_on_the_clip_embedding_timestep_and_real_text_tokens(
+    decoder: DecoderUNet,
+) -> None:
+    inputs = decoder_inputs()
+    base = decoder(**inputs)
+    other_embed = decoder(**{**inputs, "image_embed": inputs["image_embed"].roll(1, dims=0)})
+    other_time = decoder(**{**inputs, "t": torch.tensor([400, 400])})
+    states = inputs["text_states"].clone()
+    states[:, 10:] += 5.0  # padding positions (mask False)
+    padded = decoder(**{**inputs, "text_states": states})
+    states[:, :3] += 5.0  # real tokens
+    real = decoder(**{**inputs, "text_states": states})
+
+    assert not torch.allclose(base, other_embed, atol=1e-4)
+    assert not torch.allclose(base, other_time, atol=1e-4)
+    assert torch.allclose(base, padded, atol=1e-5)
+    assert not torch.allclose(base, real, atol=1e-4)
+
+
+@torch.no_grad()
+def test_dropped_text_is_an_all_false_mask_and_rows_stay_independent(decoder: DecoderUNet) -> None:
+    inputs = decoder_inputs(batch=3)
+    inputs["text_mask"] = torch.zeros(3, L, dtype=torch.bool)
+    together = decoder(**inputs)
+    alone = decoder(**{name: value[1:2] for name, value in inputs.items()})
+
+    assert torch.isfinite(together).all()  # the 4 CLIP tokens keep every attention row non-empty
+    assert torch.allclose(together[1:2], alone, atol=1e-5)
+
+
+@torch.no_grad()
+def test_inpainting_input_changes_the_output_and_goes_as_a_pair(decoder: DecoderUNet) -> None:
+    inputs = decoder_inputs()
+    image = torch.rand(2, 3, 64, 64) * 2 - 1
+    known = torch.ones(2, 1, 64, 64)
+
+    assert not torch.allclose(decoder(**inputs), decoder(**inputs, inpaint_image=image, inpaint_mask=known))
+    with pytest.raises(ValueError, match="together"):
+        decoder(**inputs, inpaint_image=image)
+
+
+@torch.no_grad()
+def test_a_three_channel_decoder_refuses_the_inpainting_input() -> None:
+    decoder = DecoderUNet(dataclasses.replace(TINY.decoder, in_channels=3))
+    assert not decoder.supports_inpainting
+    with pytest.raises(ValueError, match="inpainting"):
+        decoder(
+            **decoder_inputs(), inpaint_image=torch.zeros(2, 3, 64, 64), inpaint_mask=torch.ones(2, 1, 64, 64)
+        )
+
+
+@pytest.mark.parametrize(("name", "size"), [("sr256", 256), ("sr1024", 1024)])
+@torch.no_grad()
+def test_upsamplers_map_the_low_resolution_image_to_their_size(name: str, size: int) -> None:
+    torch.manual_seed(0)
+    config = getattr(TINY, name)
+    upsampler = randomise_zeros(SuperResUNet(config))
+    side = size // 8 if size == 1024 else size  # the 1024 model is convolutional: test it on a crop
+    low_res = torch.rand(1, 3, side // 4, side // 4) * 2 - 1
+
+    out = upsampler(torch.randn(1, 3, side, side), torch.tensor([100]), low_res)
+
+    assert out.shape == (1, 3, side, side) and out.dtype == torch.float32
+    changed = upsampler(torch.randn(1, 3, side, side), torch.tensor([100]), -low_res)
+    assert not torch.allclose(out, changed)
+
+
+def test_attention_sits_at_the_configured_resolutions_and_sr1024_has_none() -> None:
+    decoder = build_unet(TINY.decoder)
+    sr1024 = build_unet(TINY.sr1024)
+    assert isinstance(decoder, DecoderUNet) and isinstance(sr1024, SuperResUNet)
+    # Decoder: 16 and 8 px on the way down and up, and the middle block.
+    assert sum(isinstance(m, AttentionBlock) for m in decoder.modules()) == 1 + 2 + 2 * 2
+    assert all(m.encoder_kv is not None for m in decoder.modules() if isinstance(m, AttentionBlock))
+    assert not any(isinstance(m, AttentionBlock) for m in sr1024.modules())
+
+
+@torch.no_grad()
+def test_bfloat16_decoder_tracks_float32(decoder: DecoderUNet) -> None:
+    inputs = decoder_inputs()
+    full = decoder(**inputs)
+    copy = DecoderUNet(TINY.decoder)
+    copy.load_state_dict(decoder.state_dict())
+    half = copy.to(torch.bfloat16).eval()(**inputs)  # float32 inputs: the network casts them
+
+    assert half.dtype == torch.bfloat16
+    assert (half.float() - full).abs().mean() < 0.05 * full.abs().mean() + 1e-3

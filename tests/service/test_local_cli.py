@@ -1,0 +1,128 @@
+"""`unclip <command>` in-process, end to end through service.cli.main on a tiny random checkpoint."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.cli import main
+
+FAST = ["--size", "64", "--prior-steps", "2", "--decoder-steps", "2", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("checkpoint")
+    assert main(["init-checkpoint", str(folder), "--config", "tiny", "--seed", "1"]) == 0
+    return folder
+
+
+def flags(checkpoint: Path, output: Path) -> list[str]:
+    return [*FAST, "--checkpoint", str(checkpoint), "-o", str(output)]
+
+
+def picture(path: Path, size: tuple[int, int] = (80, 60)) -> Path:
+    yy, xx = np.mgrid[0 : size[1], 0 : size[0]]
+    pixels = np.stack([xx * 3, yy * 4, np.full_like(xx, 100)], -1).clip(0, 255).astype(np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def opened(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return image.convert("RGB")
+
+
+def test_init_checkpoint_writes_a_loadable_folder(checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
+    assert (checkpoint / "unclip.json").is_file() and (checkpoint / "decoder.safetensors").is_file()
+    assert main(["init-checkpoint", str(checkpoint.parent / "other"), "--config", "huge"]) == 2
+    assert "huge" in capsys.readouterr().err
+
+
+def test_generate_writes_numbered_pngs_and_shows_progress(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    output = tmp_path / "art" / "circle.png"
+
+    assert main(["generate", "a red circle", "--n", "2", "--seed", "4", *flags(checkpoint, output)]) == 0
+
+    written = [tmp_path / "art" / "circle_0.png", tmp_path / "art" / "circle_1.png"]
+    assert sorted((tmp_path / "art").iterdir()) == written
+    images = [opened(path) for path in written]
+    assert all(image.size == (64, 64) for image in images)
+    assert not np.array_equal(np.asarray(images[0]), np.asarray(images[1]))  # seeds 4 and 5
+    captured = capsys.readouterr()
+    assert all(str(path) in captured.out for path in written)
+    assert "prior" in captured.err and "decoder" in captured.err  # the tqdm bars
+    assert "truncated" not in captured.err
+
+
+def test_generate_warns_about_a_truncated_prompt(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    long_prompt = " ".join(["a big red circle"] * 25)
+
+    assert main(["generate", long_prompt, *flags(checkpoint, tmp_path / "long.png")]) == 0
+
+    assert "truncated" in capsys.readouterr().err
+    assert opened(tmp_path / "long.png").size == (64, 64)
+
+
+def test_vary_with_eta_zero_reconstructs_into_one_file(checkpoint: Path, tmp_path: Path) -> None:
+    image = picture(tmp_path / "in.png", size=(64, 64))
+    output = tmp_path / "vary.png"
+
+    assert main(["vary", str(image), "--eta", "0", *flags(checkpoint, output)]) == 0
+
+    # The untrained decoder predicts eps = 0, which inverts exactly: eta 0 gives the input back.
+    difference = np.abs(np.asarray(opened(output), int) - np.asarray(opened(image), int))
+    assert difference.max() <= 1
+
+
+def test_interpolate_and_text_diff_write_one_png_per_frame(checkpoint: Path, tmp_path: Path) -> None:
+    a, b = picture(tmp_path / "a.png"), picture(tmp_path / "b.jpg", size=(50, 90))
+
+    assert main(["interpolate", str(a), str(b), "--frames", "3", *flags(checkpoint, tmp_path / "i.png")]) == 0
+    assert (
+        main(["text-diff", str(a), "a blue square", "--frames", "2", *flags(checkpoint, tmp_path / "t.png")])
+        == 0
+    )
+
+    for name in ("i_0", "i_1", "i_2", "t_0", "t_1"):
+        assert opened(tmp_path / f"{name}.png").size == (64, 64)
+    assert not (tmp_path / "i_3.png").exists()
+
+
+def test_inpaint_repaints_the_white_part_of_the_mask_only(checkpoint: Path, tmp_path: Path) -> None:
+    image = picture(tmp_path / "in.png", size=(64, 64))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))  # white left half = repaint
+    mask.save(tmp_path / "mask.png")
+    output = tmp_path / "filled.png"
+
+    assert (
+        main(["inpaint", str(image), str(tmp_path / "mask.png"), "a circle", *flags(checkpoint, output)]) == 0
+    )
+
+    filled, original = np.asarray(opened(output), int), np.asarray(opened(image), int)
+    assert np.abs(filled[:, 32:] - original[:, 32:]).max() <= 1
+    assert np.abs(filled[:, :32] - original[:, :32]).mean() > 10
+
+
+def test_bad_input_is_a_message_and_exit_code_2(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    image = picture(tmp_path / "in.png")
+    small_mask = picture(tmp_path / "mask.png", size=(10, 10))
+
+    assert main(["vary", str(tmp_path / "nowhere.png"), *flags(checkpoint, tmp_path / "o.png")]) == 2
+    assert "nowhere.png" in capsys.readouterr().err
+    assert main(["inpaint", str(image), str(small_mask), "x", *flags(checkpoint, tmp_path / "o.png")]) == 2
+    assert "10x10" in capsys.readouterr().err
+    assert main(["generate", "x", "--n", "0", *flags(checkpoint, tmp_path / "o.png")]) == 2
+    assert "--n" in capsys.readouterr().err
+    assert main(["generate", "x", *flags(tmp_path / "no-checkpoint", tmp_path / "o.png")]) == 2
+    assert "missing" in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()
