@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import redis
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from service.executor import (
     Candidate,
@@ -35,6 +35,7 @@ from service.executor import (
 )
 from service.queue import QueuedJob, Terminal, WorkerQueue
 from service.settings import Settings
+from service.worker_http import Heartbeat, serve_worker_http
 
 if TYPE_CHECKING:
     from models.pipeline import Progress, UnCLIPPipeline
@@ -134,14 +135,18 @@ class BatchProgress:
     """The pipeline's progress callback for one batch: writes progress on every job still wanted, notes
     the ones that should stop, raises JobCancelled once none is wanted, and times the pipeline stages."""
 
-    def __init__(self, queue: WorkerQueue, jobs: list[RunningJob], metrics: WorkerMetrics):
+    def __init__(
+        self, queue: WorkerQueue, jobs: list[RunningJob], metrics: WorkerMetrics, heartbeat: Heartbeat
+    ):
         self.queue = queue
         self.metrics = metrics
+        self.heartbeat = heartbeat
         self.wanted = [running.job.id for running in jobs]
         self.stopped: set[str] = set()
         self._stage_started = time.monotonic()
 
     def __call__(self, progress: Progress) -> None:
+        self.heartbeat.beat()
         if progress.step == progress.total:
             now = time.monotonic()
             self.metrics.stage_seconds.labels(progress.stage).observe(now - self._stage_started)
@@ -161,8 +166,10 @@ class Worker:
         settings: Settings,
         metrics: WorkerMetrics | None = None,
         poll_seconds: float = 1.0,
+        heartbeat: Heartbeat | None = None,
     ):
         self.queue = queue
+        self.heartbeat = heartbeat or Heartbeat()
         self.executor = executor
         self.settings = settings
         self.metrics = metrics or WorkerMetrics()
@@ -176,6 +183,7 @@ class Worker:
         log.info("worker started", extra={"consumer": self.queue.consumer})
         try:
             while not stop.is_set():
+                self.heartbeat.beat()
                 try:
                     self.step()
                 except redis.RedisError:
@@ -216,7 +224,7 @@ class Worker:
             return 0
         self.metrics.batch_jobs.observe(len(running))
         self.metrics.batch_images.observe(sum(image_count(r.job.op, r.job.params) for r in running))
-        progress = BatchProgress(self.queue, running, self.metrics)
+        progress = BatchProgress(self.queue, running, self.metrics, self.heartbeat)
         try:
             outputs = self.executor.run([r.prepared for r in running], progress)
         except JobCancelled:
@@ -327,21 +335,23 @@ def run_worker(
     consumer: str | None = None,
     poll_seconds: float = 1.0,
 ) -> None:
-    """Runs a worker on `pipeline` until `stop` is set (then drains its batch). Serves Prometheus metrics
-    on `settings.worker_metrics_port` when set."""
+    """Runs a worker on `pipeline` until `stop` is set (then drains its batch). Serves /metrics and /healthz
+    on `settings.worker_metrics_port` when set (after the checkpoint is loaded: the startup probe waits)."""
     if not settings.redis_url:
         raise RuntimeError("the worker needs a Redis: set UNCLIP_REDIS_URL (or run `unclip serve`)")
     client = redis.Redis.from_url(settings.redis_url)
     metrics = WorkerMetrics()
+    heartbeat = Heartbeat()
     server = None
     if settings.worker_metrics_port is not None:
         try:
-            server, _ = start_http_server(settings.worker_metrics_port, registry=metrics.registry)
+            server = serve_worker_http(settings.worker_metrics_port, metrics.registry, heartbeat)
         except OSError as error:  # a busy port must not keep `unclip serve` from working
             log.warning("no worker metrics endpoint", extra={"port": settings.worker_metrics_port,
                                                               "error": str(error)})
     queue = WorkerQueue(client, settings, consumer or consumer_name(settings))
-    worker = Worker(queue, Executor(pipeline, settings.max_batch_size), settings, metrics, poll_seconds)
+    worker = Worker(queue, Executor(pipeline, settings.max_batch_size), settings, metrics, poll_seconds,
+                    heartbeat)
     try:
         worker.run(stop)
     finally:

@@ -127,6 +127,8 @@ def test_unclip_serve_runs_a_job_and_stops_its_embedded_redis(log_file: Path) ->
 
         metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
         assert 'unclip_worker_jobs_total{op="generate",outcome="succeeded"} 1.0' in metrics
+        health = httpx.get(f"http://127.0.0.1:{metrics_port}/healthz", timeout=5)
+        assert health.status_code == 200 and health.json()["status"] == "ok"
 
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
