@@ -161,4 +161,4 @@ def test_command_line_import(karlo: Path, tmp_path: Path, capsys: pytest.Capture
     assert main(["karlo", str(karlo), str(tmp_path / "out")]) == 0
     assert load_checkpoint(tmp_path / "out").config.sampling.size == 256
     assert main(["karlo", str(tmp_path / "missing"), str(tmp_path / "out2")]) == 1
-    assert "import failed" in capsys.readouterr().out
+    assert "import failed" in capsys.readouterr().err
