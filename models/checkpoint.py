@@ -3,6 +3,7 @@
 ```
 unclip.json          UnCLIPConfig.to_dict() plus {"format": 1}
 clip.safetensors  prior.safetensors  decoder.safetensors  sr256.safetensors  [sr1024.safetensors]
+[sr256_last.safetensors]   when the config has sr256_last (Karlo's super_res_last)
 vocab.json  merges.txt
 ```
 Loading reads tensors with safetensors only (never unpickles) and checks every tensor's name and shape
@@ -34,7 +35,7 @@ from models.unet import DecoderUNet, SuperResUNet
 
 CONFIG_FILE = "unclip.json"
 FORMAT_VERSION = 1
-COMPONENTS = ("clip", "prior", "decoder", "sr256", "sr1024")
+COMPONENTS = ("clip", "prior", "decoder", "sr256", "sr1024", "sr256_last")
 DEFAULT_FOLDER = Path(__file__).parent / "weights" / "default"
 
 # The words of the shapes world (SHAPES.md) and a few common ones: each becomes a single token.
@@ -59,6 +60,7 @@ class UnCLIPModels:
     decoder: DecoderUNet
     sr256: SuperResUNet
     sr1024: SuperResUNet | None
+    sr256_last: SuperResUNet | None = None  # runs the last sr256 step when the checkpoint has one
 
     def components(self) -> dict[str, nn.Module]:
         return {name: module for name in COMPONENTS if (module := getattr(self, name)) is not None}
@@ -78,6 +80,7 @@ def build_models(config: UnCLIPConfig, tokenizer: Tokenizer) -> UnCLIPModels:
         decoder=DecoderUNet(config.decoder),
         sr256=SuperResUNet(config.sr256),
         sr1024=None if config.sr1024 is None else SuperResUNet(config.sr1024),
+        sr256_last=None if config.sr256_last is None else SuperResUNet(config.sr256_last),
     )
 
 

@@ -29,11 +29,12 @@ class TextEncoding(NamedTuple):
 
 
 class LayerNorm(nn.LayerNorm):
-    """Normalises in float32 whatever the weights' dtype (fp16 statistics overflow)."""
+    """Normalises in at least float32 whatever the dtype (fp16 statistics overflow; float64 stays)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        wide = torch.promote_types(x.dtype, torch.float32)
         return F.layer_norm(
-            x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps
+            x.to(wide), self.normalized_shape, self.weight.to(wide), self.bias.to(wide), self.eps
         ).to(x.dtype)
 
 

@@ -46,6 +46,9 @@ class DiffusionConfig(_JSONConfig):
     # Predicted x0 is clamped to [-r, r] while sampling; None: the sampler's default (images: [-1, 1]).
     # Karlo's prior sets its scheduler's clip_sample_range.
     x0_clip_range: float | None = None
+    # Learned variance: clamp the interpolant v to [-1, 1] so that the variance stays within [beta_tilde,
+    # beta] whatever the model outputs (ours); False uses v as the model gives it (Karlo's scheduler).
+    clamp_learned_variance: bool = True
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -105,8 +108,13 @@ class PriorConfig(_JSONConfig):
     # null_text_tokens k: rows with dropped text attend to the first k learned null tokens only (Karlo's
     # null is the empty prompt, SOT + EOT); None: to all of them.
     null_text_tokens: int | None = None
+    # How many embeddings the pipeline samples per item, keeping the one closest to the text (unCLIP
+    # §2.1); None: the pipeline's default (2). Karlo samples 1.
+    sample_candidates: int | None = None
 
     def __post_init__(self) -> None:
+        if self.sample_candidates is not None and self.sample_candidates < 1:
+            raise ValueError(f"sample_candidates must be at least 1, got {self.sample_candidates}")
         if self.embed_scale is None:
             self.embed_scale = math.sqrt(self.embed_dim)
         if self.width % self.heads:
@@ -192,6 +200,9 @@ class UnCLIPConfig:
     decoder_diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     sr256_diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     sr1024_diffusion: DiffusionConfig | None = field(default_factory=DiffusionConfig)
+    # An optional second 64→256 upsampler that runs the last (least noisy) sr256 step instead of sr256, on
+    # sr256_diffusion (Karlo's super_res_last).
+    sr256_last: UNetConfig | None = None
 
     def __post_init__(self) -> None:
         clip, prior = self.clip, self.prior
@@ -205,8 +216,16 @@ class UnCLIPConfig:
             raise ValueError("decoder clip_embed_dim/text_width must match the CLIP config")
         if (self.sr1024 is None) != (self.sr1024_diffusion is None):
             raise ValueError("sr1024 and sr1024_diffusion must both be set or both be None")
-        for name in ("decoder", "sr256", "sr1024"):
-            unet, diffusion = getattr(self, name), getattr(self, f"{name}_diffusion")
+        last = self.sr256_last
+        if last is not None and (last.kind != "sr" or last.image_size != self.sr256.image_size):
+            raise ValueError("sr256_last must be an upsampler of sr256's image_size")
+        for name, diffusion in (
+            ("decoder", self.decoder_diffusion),
+            ("sr256", self.sr256_diffusion),
+            ("sr1024", self.sr1024_diffusion),
+            ("sr256_last", self.sr256_diffusion),
+        ):
+            unet = getattr(self, name)
             if unet is not None and unet.out_channels != (6 if diffusion.learned_variance else 3):
                 raise ValueError(f"{name}: out_channels {unet.out_channels} does not match learned_variance")
 
@@ -239,6 +258,7 @@ _FIELD_TYPES: dict[str, type[_JSONConfig]] = {
     "decoder_diffusion": DiffusionConfig,
     "sr256_diffusion": DiffusionConfig,
     "sr1024_diffusion": DiffusionConfig,
+    "sr256_last": UNetConfig,
 }
 
 

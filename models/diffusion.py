@@ -57,12 +57,17 @@ def beta_schedule(name: str, timesteps: int) -> torch.Tensor:
 
 
 def spaced_timesteps(timesteps: int, steps: int) -> list[int]:
-    """`steps` evenly spaced timesteps in [0, timesteps - 1], ascending, always keeping the first and last."""
+    """`steps` evenly spaced timesteps in [0, timesteps - 1], ascending, always keeping the first and last.
+
+    i · ratio rounded half to even, with the ratio computed first: Karlo's (and diffusers' UnCLIPScheduler)
+    spacing to the last bit; i · (T - 1) / (steps - 1) would round 92 of the 999 step counts differently.
+    """
     if not 1 <= steps <= timesteps:
         raise ValueError(f"steps must be in [1, {timesteps}], got {steps}")
     if steps == 1:
         return [timesteps - 1]
-    return [round(i * (timesteps - 1) / (steps - 1)) for i in range(steps)]
+    ratio = (timesteps - 1) / (steps - 1)
+    return [round(i * ratio) for i in range(steps)]
 
 
 def gaussian_noise(
@@ -98,6 +103,7 @@ class GaussianDiffusion:
         learned_variance: bool = False,
         steps: int | None = None,
         variance: str = "small",
+        clamp_learned_variance: bool = True,
     ) -> None:
         if predict not in PREDICTIONS:
             raise ValueError(f"predict must be one of {PREDICTIONS}, got {predict!r}")
@@ -106,6 +112,7 @@ class GaussianDiffusion:
         self.predict = predict
         self.learned_variance = learned_variance
         self.variance = variance
+        self.clamp_learned_variance = clamp_learned_variance
         self.timesteps = spaced_timesteps(timesteps, steps or timesteps)
 
         full_alphas_cumprod = torch.cumprod(1 - beta_schedule(schedule, timesteps), dim=0)
@@ -141,6 +148,7 @@ class GaussianDiffusion:
             learned_variance=config.learned_variance,
             steps=steps,
             variance=variance,
+            clamp_learned_variance=config.clamp_learned_variance,
         )
 
     @property
@@ -197,8 +205,11 @@ class GaussianDiffusion:
         """log of the reverse-step variance: fixed, or interpolated between log beta_tilde and log beta."""
         if v is None:
             return self._log_beta_tilde[step] if self.variance == "small" else self._log_beta[step]
-        # Clamped so that an untrained or off-range model still samples within [beta_tilde, beta].
-        fraction = (v.clamp(-1, 1) + 1) / 2
+        # Clamped (unless the config says otherwise) so that an untrained or off-range model still samples
+        # within [beta_tilde, beta].
+        if self.clamp_learned_variance:
+            v = v.clamp(-1, 1)
+        fraction = (v + 1) / 2
         return fraction * self._log_beta[step] + (1 - fraction) * self._log_beta_tilde[step]
 
     def posterior(
@@ -279,11 +290,13 @@ class GaussianDiffusion:
         clamp: Clamp | None = None,
         on_step: StepCallback | None = None,
         after_step: AfterStep | None = None,
+        final_denoise: Denoiser | None = None,
     ) -> torch.Tensor:
         """Run every step from x_T (`[B, ...]`, at step `num_steps - 1`) down to x_0.
 
         method "ddpm" (ancestral) or "ddim" (with eta). Each noisy step draws one noise tensor per item from
         that item's generator. `after_step(x, i)` may edit x after step i (x is then at step i - 1).
+        `final_denoise`, if given, replaces `denoise` for the last step (step 0; Karlo's super_res_last).
         """
         if method not in ("ddpm", "ddim"):
             raise ValueError(f"method must be 'ddpm' or 'ddim', got {method!r}")
@@ -292,7 +305,8 @@ class GaussianDiffusion:
         x = x_T
         total = self.num_steps
         for step in reversed(range(total)):
-            output = denoise(x, self.model_timesteps(step, x.shape[0], x.device))
+            model = final_denoise if step == 0 and final_denoise is not None else denoise
+            output = model(x, self.model_timesteps(step, x.shape[0], x.device))
             noisy = step > 0 and (method == "ddpm" or eta > 0)
             noise = gaussian_noise(generators, x.shape[1:], x.device, x.dtype) if noisy else None
             if method == "ddpm":

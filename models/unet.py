@@ -25,12 +25,12 @@ from models.prior import timestep_embedding
 
 
 class GroupNorm(nn.GroupNorm):
-    """Normalises in float32 whatever the input dtype (fp16 statistics are too coarse)."""
+    """Normalises in at least float32 whatever the dtype (fp16 statistics are too coarse; float64 stays)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).to(
-            x.dtype
-        )
+        wide = torch.promote_types(x.dtype, torch.float32)
+        normed = F.group_norm(x.to(wide), self.num_groups, self.weight.to(wide), self.bias.to(wide), self.eps)
+        return normed.to(x.dtype)
 
 
 def group_norm(channels: int, groups: int) -> GroupNorm:

@@ -5,7 +5,7 @@ text_encoder/ image_encoder/ tokenizer/   CLIP ViT-L/14 towers (clip_hf)   → c
 prior/ prior_scheduler/                   PriorTransformer                  → prior.safetensors
 text_proj/ decoder/ decoder_scheduler/    UnCLIPTextProjModel + UNet2DConditionModel → decoder.safetensors
 super_res_first/ super_res_scheduler/     UNet2DModel 64 → 256              → sr256.safetensors
-super_res_last/                           UNet2DModel for the last SR step  → sr256_last.safetensors (extra)
+super_res_last/                           UNet2DModel for the last SR step  → sr256_last.safetensors
 ```
 The text-to-image repository has no image encoder: pass a `CLIPVisionModelWithProjection` folder of the
 same CLIP (openai/clip-vit-large-patch14) as `image_encoder`.
@@ -22,8 +22,16 @@ Karlo conditions differently from the paper, so the imported config turns on the
   what Karlo's unconditional row computes.
 - `clip_extra_context_tokens_proj` lays its output out as `[context_width, 4]`; ours is `[4, context_width]`,
   so its rows are permuted.
-- Karlo switches to `super_res_last` for the final upsampling step; our checkpoint format has one sr256, so
-  `super_res_first` is sr256 and `super_res_last` is stored beside it (not loaded yet).
+- Karlo switches to `super_res_last` for the final upsampling step: `super_res_first` is our sr256 and
+  `super_res_last` our optional sr256_last, which the pipeline runs for the last sr256 step.
+
+Derived tensors (the folded projections, the empty prompt's states and their projections) are computed
+and stored in float64: a float32 load rounds them once, and a float64 load computes what diffusers computes
+in float64 (the whole-generation comparison in tests/models/convert/test_karlo_generation.py).
+
+Its sampler's choices are recorded too: one prior sample per item (no best-of-2), the prior's x0 clamped to
+the scheduler's clip_sample_range, the learned variance interpolant used unclamped, and Karlo's defaults
+(`KARLO_SAMPLING`). Timestep spacing and schedules are the same as ours (models.diffusion).
 """
 
 from __future__ import annotations
@@ -32,7 +40,6 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from models.checkpoint import UnCLIPModels, build_models, save_checkpoint
 from models.clip import CLIP
@@ -41,9 +48,8 @@ from models.convert.clip_hf import check_tokenizer, find_tokenizer, load_hf_clip
 from models.convert.diffusers_unet import unet_config, unet_tensors
 from models.convert.hf_files import ConversionError, TensorSource, read_config, read_weights
 from models.tokenizer import Tokenizer
-from models.unet import SuperResUNet
 
-SR_LAST_FILE = "sr256_last.safetensors"
+SR_LAST_FILE = "sr256_last.safetensors"  # written by save_checkpoint for the sr256_last component
 # Karlo's published defaults (UnCLIPPipeline): 25 prior steps at guidance 4, 25 decoder steps at 8, 7 SR.
 KARLO_SAMPLING = SamplingDefaults(
     size=256, prior_steps=25, prior_guidance=4.0, decoder_steps=25, decoder_guidance=8.0
@@ -63,8 +69,8 @@ def _weights(folder: Path) -> TensorSource:
 
 
 def _fold(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
-    """The weight of Linear(outer) ∘ Linear(inner, no bias), multiplied in float64."""
-    return (outer.double() @ inner.double()).float()
+    """The weight of Linear(outer) ∘ Linear(inner, no bias), in float64 (see DERIVED)."""
+    return outer.double() @ inner.double()
 
 
 def diffusion_config(folder: Path) -> DiffusionConfig:
@@ -84,15 +90,17 @@ def diffusion_config(folder: Path) -> DiffusionConfig:
         predict=prediction,
         learned_variance=variance,
         x0_clip_range=document.get("clip_sample_range", 1.0) if document.get("clip_sample", True) else None,
+        clamp_learned_variance=False,  # UnCLIPScheduler interpolates with v as the model outputs it
     )
 
 
 def empty_prompt(clip: CLIP, tokenizer: Tokenizer) -> tuple[torch.Tensor, int]:
-    """CLIP's token states `[L, W]` for "" and how many of them are real (SOT, EOT)."""
+    """CLIP's token states `[L, W]` float64 for "" and how many of them are real (SOT, EOT)."""
     ids, _ = tokenizer.encode([""])
     with torch.no_grad():
-        encoding = clip.encode_text(ids)
-    return encoding.states[0].float(), int(encoding.mask[0].sum())
+        encoding = clip.double().encode_text(ids)
+    clip.float()  # float32 → float64 → float32 is exact
+    return encoding.states[0].double(), int(encoding.mask[0].sum())
 
 
 def prior_part(
@@ -124,6 +132,7 @@ def prior_part(
         text_embed_from="eot_state",
         latent_stats=True,
         null_text_tokens=null_tokens,
+        sample_candidates=1,  # Karlo keeps its one sample
     )
     if config.context_length != clip.context_length:
         raise ConversionError(f"{folder}: num_embeddings {config.context_length} != CLIP's context length")
@@ -159,7 +168,8 @@ def prior_part(
     take.check_all_used()
     # Karlo's null text is the empty prompt: stored after the projections the prior applies to text.
     eot = null_tokens - 1
-    out["null_text_states"] = null_states @ out["text_states_proj.weight"].t() + out["text_states_proj.bias"]
+    states_proj = (out["text_states_proj.weight"].double(), out["text_states_proj.bias"].double())
+    out["null_text_states"] = null_states @ states_proj[0].t() + states_proj[1]
     out["null_text_embed"] = out["text_embed_proj.weight"] @ null_states[eot] + out["text_embed_proj.bias"]
     return config, out
 
@@ -236,10 +246,9 @@ def _load(module: torch.nn.Module, tensors: dict[str, torch.Tensor], name: str) 
     module.load_state_dict({k: v.contiguous() for k, v in tensors.items()}, strict=True, assign=True)
 
 
-def convert_karlo(
-    src: str | Path, image_encoder: str | Path | None = None
-) -> tuple[UnCLIPModels, SuperResUNet]:
-    """Our models (float32, CPU) from a Karlo folder, and the super_res_last network."""
+def convert_karlo(src: str | Path, image_encoder: str | Path | None = None) -> UnCLIPModels:
+    """Our models (CPU) from a Karlo folder: Karlo's float32 tensors, derived ones in float64 (cast the
+    models to one dtype to run them; `import_karlo` + `load_checkpoint` does)."""
     src = Path(src)
     vision = Path(image_encoder) if image_encoder is not None else src / "image_encoder"
     if not (vision / "config.json").is_file():
@@ -277,28 +286,22 @@ def convert_karlo(
         decoder_diffusion=diffusion_config(src / "decoder_scheduler"),
         sr256_diffusion=diffusion_config(src / "super_res_scheduler"),
         sr1024_diffusion=None,
+        sr256_last=last_config,
     )
     with torch.device("meta"):
         models = build_models(config, tokenizer)
-        last = SuperResUNet(config.sr256)
     models.clip = clip
     _load(models.prior, prior_tensors, "prior")
     _load(models.decoder, decoder_tensors, "decoder")
     _load(models.sr256, sr_tensors, "sr256")
-    _load(last, last_tensors, "sr256_last")
-    for module in (*models.components().values(), last):
+    _load(models.sr256_last, last_tensors, "sr256_last")  # type: ignore[arg-type]
+    for module in models.components().values():
         module.eval()
-    return models, last
+    return models
 
 
 def import_karlo(src: str | Path, out: str | Path, image_encoder: str | Path | None = None) -> Path:
     """Write our checkpoint folder for a Karlo folder; returns `out`."""
-    models, last = convert_karlo(src, image_encoder)
     out = Path(out)
-    save_checkpoint(models, out)
-    save_file(
-        {k: v.contiguous() for k, v in last.state_dict().items()},
-        out / SR_LAST_FILE,
-        metadata={"format": "pt"},
-    )
+    save_checkpoint(convert_karlo(src, image_encoder), out)
     return out

@@ -1,7 +1,8 @@
 """The stages of unCLIP sampling, each over explicit networks and tensors (no PIL, no settings).
 
 Shapes: B items, E the CLIP embedding size, L the text context, W the CLIP text width, S the image side.
-Every network output is cast to float32, the dtype the diffusion math runs in whatever the weights are.
+Every network output is cast to float32, the dtype the diffusion math runs in whatever the weights are
+(`sampling_dtype`: float64 weights keep float64, for comparisons against a reference implementation).
 """
 
 from __future__ import annotations
@@ -27,8 +28,19 @@ from models.prior import DiffusionPrior
 from models.tokenizer import Tokenizer
 from models.unet import DecoderUNet, SuperResUNet
 
-# The prior draws this many embeddings per item and keeps the one closest to the text (unCLIP §2.1).
+# The prior draws this many embeddings per item and keeps the one closest to the text (unCLIP §2.1),
+# unless the checkpoint says otherwise (PriorConfig.sample_candidates; Karlo: 1).
 PRIOR_CANDIDATES = 2
+
+
+def sampling_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the diffusion math runs in for networks in `dtype`: float32, or float64 for float64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def full_precision(x: torch.Tensor) -> torch.Tensor:
+    """A network output in its `sampling_dtype`."""
+    return x.to(sampling_dtype(x.dtype))
 
 
 # Encoders ---------------------------------------------------------------------------------------------
@@ -41,7 +53,7 @@ def encode_text(clip: CLIP, tokenizer: Tokenizer, prompts: list[str], device: to
 
 def encode_images(clip: CLIP, images: torch.Tensor) -> torch.Tensor:
     """images `[B, 3, S, S]` in [-1, 1] → unit CLIP image embeddings z_i `[B, E]` float32."""
-    return clip.encode_image(images).float()
+    return full_precision(clip.encode_image(images))
 
 
 # Prior ------------------------------------------------------------------------------------------------
@@ -52,11 +64,11 @@ def prior_denoiser(prior: DiffusionPrior, text: TextEncoding, guidance: float) -
     rows = text.embeds.shape[0]
     if guidance == 1.0:  # the unconditional half would cancel out: skip it
         keep = torch.zeros(rows, dtype=torch.bool, device=text.embeds.device)
-        return lambda x, t: prior(x, t, text, keep).float()
+        return lambda x, t: full_precision(prior(x, t, text, keep))
     pair = TextEncoding(*(torch.cat([part, part]) for part in text))
     drop = torch.arange(2 * rows, device=text.embeds.device) >= rows  # rows [N:] unconditioned
     return classifier_free_guidance(
-        lambda x, t: prior(x, t, pair, drop).float(), guidance, text.embeds.shape[1]
+        lambda x, t: full_precision(prior(x, t, pair, drop)), guidance, text.embeds.shape[1]
     )
 
 
@@ -77,24 +89,28 @@ def sample_prior(
     *,
     unit: bool = True,
     clamp: Clamp | None = None,
+    candidates: int | None = None,
     on_step: StepCallback | None = None,
 ) -> torch.Tensor:
-    """CLIP image embeddings z_i `[B, E]`: the better of PRIOR_CANDIDATES samples by cos(z_i, z_t).
+    """CLIP image embeddings z_i `[B, E]`: the best of `candidates` (None: PRIOR_CANDIDATES) samples by
+    cos(z_i, z_t).
 
     `unit`: return unit vectors (what our decoders are trained on); else the prior's raw embeddings (a
     decoder trained on unnormalised CLIP image embeddings, as Karlo's, needs their length).
+    `clamp` applies to predicted x0 in the prior's diffusion space.
     """
     batch, embed_dim = text.embeds.shape
     device = text.embeds.device
+    count = candidates or PRIOR_CANDIDATES
     # Rows [item 0 candidate 0, item 0 candidate 1, item 1 candidate 0, ...]; an item's candidates draw,
     # in turn, from the item's own generator.
-    candidates = TextEncoding(*(part.repeat_interleave(PRIOR_CANDIDATES, dim=0) for part in text))
-    row_generators = [g for g in generators for _ in range(PRIOR_CANDIDATES)]
-    x_T = gaussian_noise(row_generators, (embed_dim,), device)
-    denoise = prior_denoiser(prior, candidates, guidance)
+    rows = TextEncoding(*(part.repeat_interleave(count, dim=0) for part in text))
+    row_generators = [g for g in generators for _ in range(count)]
+    x_T = gaussian_noise(row_generators, (embed_dim,), device, sampling_dtype(text.embeds.dtype))
+    denoise = prior_denoiser(prior, rows, guidance)
     latents = diffusion.sample(denoise, x_T, row_generators, method="ddpm", clamp=clamp, on_step=on_step)
-    z = prior.latents_to_embeds(latents).float().view(batch, PRIOR_CANDIDATES, embed_dim)
-    score = (F.normalize(z, dim=-1) * text.embeds.float()[:, None]).sum(-1)  # [B, candidates]
+    z = full_precision(prior.latents_to_embeds(latents)).view(batch, count, embed_dim)
+    score = (F.normalize(z, dim=-1) * text.embeds.to(z.dtype)[:, None]).sum(-1)  # [B, candidates]
     best = z[torch.arange(batch, device=device), score.argmax(dim=1)]  # stays on the device: no sync
     return F.normalize(best, dim=-1) if unit else best
 
@@ -142,9 +158,8 @@ def decoder_denoiser(decoder: DecoderUNet, condition: DecoderCondition, guidance
     """x_t `[B, 3, 64, 64]` → guided output `[B, out_channels, 64, 64]` (a learned variance is unguided)."""
 
     def run(x: torch.Tensor, t: torch.Tensor, c: DecoderCondition) -> torch.Tensor:
-        return decoder(
-            x, t, c.image_embed, c.text_states, c.text_mask, c.inpaint_image, c.inpaint_known
-        ).float()
+        output = decoder(x, t, c.image_embed, c.text_states, c.text_mask, c.inpaint_image, c.inpaint_known)
+        return full_precision(output)
 
     if guidance == 1.0:  # the unconditional half would cancel out: skip it
         return lambda x, t: run(x, t, condition)
@@ -157,7 +172,7 @@ def decoder_denoiser(decoder: DecoderUNet, condition: DecoderCondition, guidance
 
 def upsampler_denoiser(upsampler: SuperResUNet, low_res: torch.Tensor) -> Denoiser:
     """No text and no guidance (unCLIP §2.2): the low-resolution image `[B, 3, s, s]` is the condition."""
-    return lambda x, t: upsampler(x, t, low_res).float()
+    return lambda x, t: full_precision(upsampler(x, t, low_res))
 
 
 # Inpainting -------------------------------------------------------------------------------------------

@@ -4,6 +4,15 @@ Every operation is a short composition of stages (stages.py): CLIP → prior →
 started from a DDIM-inverted image) → upsamplers up to `sampling.size`. Batch invariance: each item owns
 a torch.Generator seeded from its seed and every random number it uses comes from that stream, so an
 item's output depends only on its inputs and its seed, never on the rest of the batch.
+
+Stage sizes are the checkpoint's (`decoder.image_size`, `sr256.image_size`, ...): 64, 256 and 1024 for
+every real checkpoint; `sampling.size` names the stage to stop after.
+
+Karlo: with a checkpoint imported by models.convert.karlo, `generate` reproduces diffusers' UnCLIPPipeline
+given `generator=[torch.Generator().manual_seed(s) for s in seeds]`. Every choice that differs from ours
+is the checkpoint's (see that module): one prior sample, raw image embeddings, the x0 and variance
+clamps, the guidance nulls and sr256_last. Both draw, per item, prior x_T, the prior's step noise, decoder
+x_T, its step noise, upsampler x_T, its step noise, in that order.
 """
 
 from __future__ import annotations
@@ -29,13 +38,13 @@ from models.pipeline.stages import (
     decoder_denoiser,
     encode_images,
     encode_text,
+    full_precision,
     sample_prior,
+    sampling_dtype,
     upsampler_denoiser,
     x0_clamp,
 )
 
-DECODER_SIZE = 64
-UPSAMPLER_SIZES = {"sr256": 256, "sr1024": 1024}
 LATENTS = ("slerp", "fixed")
 # Text diffs move along slerp(z_i, z_d, θ) with θ from 0 up to this; the paper uses a maximum in
 # [0.25, 0.5] (unCLIP §3.3): further, the image stops looking like its source.
@@ -99,7 +108,8 @@ class UnCLIPPipeline:
         text = self._text(prompts)
         image_embed = self._prior(text, generators, sampling, progress)
         condition = DecoderCondition(image_embed, text.states, text.mask)
-        x = self._decode(condition, self._noise(generators, DECODER_SIZE), generators, sampling, progress)
+        x_T = self._noise(generators, self._decoder_size)
+        x = self._decode(condition, x_T, generators, sampling, progress)
         return tensor_to_images(self._upsample(x, generators, sampling, progress))
 
     @torch.inference_mode()
@@ -118,7 +128,7 @@ class UnCLIPPipeline:
             raise ValueError(f"eta must be >= 0, got {eta}")
         generators = item_generators(seeds)
         condition = self._image_condition(self._image_embeds(images))
-        x_T = self._invert(condition, self._pixels(images, DECODER_SIZE), sampling, progress)
+        x_T = self._invert(condition, self._pixels(images, self._decoder_size), sampling, progress)
         x = self._decode(condition, x_T, generators, sampling, progress, method="ddim", eta=eta)
         return tensor_to_images(self._upsample(x, generators, sampling, progress))
 
@@ -148,11 +158,11 @@ class UnCLIPPipeline:
         generators = item_generators(seeds)
         text = self._text(prompts)
         image_embed = self._prior(text, generators, sampling, progress)
-        region = region_at(DECODER_SIZE)
+        region = region_at(self._decoder_size)
         condition = DecoderCondition(image_embed, text.states, text.mask)
         if self.models.decoder.supports_inpainting:  # GLIDE's input; others rely on the region alone
             condition = dataclasses.replace(condition, inpaint_image=region.image, inpaint_known=region.known)
-        noise = self._noise(generators, DECODER_SIZE)
+        noise = self._noise(generators, self._decoder_size)
         x = self._decode(condition, noise, generators, sampling, progress, region=region)
         return tensor_to_images(self._upsample(x, generators, sampling, progress, region_at))
 
@@ -178,10 +188,10 @@ class UnCLIPPipeline:
         embeds = self._image_embeds([*images_a, *images_b])  # [2B, E]
         fractions = torch.linspace(0, 1, frames, device=self.device).repeat(batch)  # [B * frames]
         image_embed = slerp(*_frame_rows(embeds.chunk(2), frames), fractions)
-        fixed_shape = (3, DECODER_SIZE, DECODER_SIZE) if latent == "fixed" else None
+        fixed_shape = (3, self._decoder_size, self._decoder_size) if latent == "fixed" else None
         generators, fixed = sequence_streams(seeds, frames, fixed_shape, self.device)
         if fixed is None:
-            pixels = self._pixels([*images_a, *images_b], DECODER_SIZE)
+            pixels = self._pixels([*images_a, *images_b], self._decoder_size)
             x_T = self._invert(self._image_condition(embeds), pixels, sampling, progress)  # [2B, 3, 64, 64]
             x_T = slerp(*_frame_rows(x_T.chunk(2), frames), fractions)
         else:
@@ -204,12 +214,12 @@ class UnCLIPPipeline:
         self._check_size(sampling)
         _check_frames(frames)
         batch = len(seeds)
-        target, source = self._text([*prompts, *source_captions]).embeds.float().chunk(2)
+        target, source = full_precision(self._text([*prompts, *source_captions]).embeds).chunk(2)
         embeds = self._image_embeds(images)
         # z_d at z_i's length: unit for unit embeddings; raw CLIP embeddings keep their scale.
         direction = F.normalize(target - source, dim=-1) * embeds.norm(dim=-1, keepdim=True)  # [B, E]
         x_T = self._invert(
-            self._image_condition(embeds), self._pixels(images, DECODER_SIZE), sampling, progress
+            self._image_condition(embeds), self._pixels(images, self._decoder_size), sampling, progress
         )
         fractions = torch.linspace(0, TEXT_DIFF_MAX_FRACTION, frames, device=self.device).repeat(batch)
         image_embed = slerp(*_frame_rows((embeds, direction), frames), fractions)
@@ -233,8 +243,12 @@ class UnCLIPPipeline:
     def _pixels(self, images: list[Image.Image], size: int) -> torch.Tensor:
         return images_to_tensor(images, size, self.device)
 
+    @property
+    def _decoder_size(self) -> int:
+        return self.models.config.decoder.image_size
+
     def _noise(self, generators: Sequence[torch.Generator], size: int) -> torch.Tensor:
-        return gaussian_noise(generators, (3, size, size), self.device)
+        return gaussian_noise(generators, (3, size, size), self.device, sampling_dtype(self.dtype))
 
     def _image_clamp(self, component: str, region: KnownRegion | None) -> Clamp:
         """Predicted images clipped to [-1, 1] (or the component's range), then the known pixels pasted."""
@@ -261,6 +275,7 @@ class UnCLIPPipeline:
             sampling.prior_guidance,
             unit=config.clip.normalize_image_embeds,
             clamp=x0_clamp(config.prior_diffusion, default=None),
+            candidates=config.prior.sample_candidates,
             on_step=stage_reporter(progress, "prior"),
         )
 
@@ -311,18 +326,26 @@ class UnCLIPPipeline:
         progress: ProgressCallback | None,
         region_at: RegionAt | None = None,
     ) -> torch.Tensor:
-        """64 px images `[B, 3, 64, 64]` → `[B, 3, size, size]` through the upsamplers `size` needs."""
+        """64 px images `[B, 3, 64, 64]` → `[B, 3, size, size]` through the upsamplers `size` needs.
+
+        Each upsampler sees the previous stage's image clipped to [-1, 1]; a checkpoint with sr256_last
+        runs it for sr256's last step.
+        """
         for stage in sampling.upsamplers():
-            size = UPSAMPLER_SIZES[stage]
+            upsampler = getattr(self.models, stage)
+            size = getattr(self.models.config, stage).image_size
             diffusion = self._diffusion(stage, getattr(sampling, f"{stage}_steps"))
             region = None if region_at is None else region_at(size)
+            low_res = x.clamp(-1, 1)
+            last = self.models.sr256_last if stage == "sr256" else None
             x = diffusion.sample(
-                upsampler_denoiser(getattr(self.models, stage), x),
+                upsampler_denoiser(upsampler, low_res),
                 self._noise(generators, size),
                 generators,
                 clamp=self._image_clamp(stage, region),
                 after_step=None if region is None else region.replacer(diffusion, generators),
                 on_step=stage_reporter(progress, stage),
+                final_denoise=None if last is None else upsampler_denoiser(last, low_res),
             )
         return x
 

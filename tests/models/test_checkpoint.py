@@ -1,5 +1,6 @@
 """Checkpoint folders: save → load round trips, and loading errors that name the file and the tensor."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -34,8 +35,29 @@ def copy_checkpoint(source: Path, target: Path) -> Path:
 
 def test_init_writes_every_file_and_the_config(folder: Path) -> None:
     names = {path.name for path in folder.iterdir()}
-    assert names == {CONFIG_FILE, "vocab.json", "merges.txt", *(f"{name}.safetensors" for name in COMPONENTS)}
+    weights = {f"{name}.safetensors" for name in COMPONENTS if name != "sr256_last"}  # optional: not in tiny
+    assert names == {CONFIG_FILE, "vocab.json", "merges.txt", *weights}
     assert read_config(folder) == named_config("tiny")
+    assert load_checkpoint(folder).sr256_last is None
+
+
+@torch.no_grad()
+def test_an_sr256_last_component_is_saved_and_loaded_with_its_config(tmp_path: Path) -> None:
+    tiny = named_config("tiny")
+    config = dataclasses.replace(tiny, sr256_last=dataclasses.replace(tiny.sr256, model_channels=8))
+    folder = init_checkpoint(tmp_path / "with_last", config, seed=4)
+    models = load_checkpoint(folder)
+
+    assert (folder / "sr256_last.safetensors").is_file()
+    assert read_config(folder).sr256_last == config.sr256_last
+    assert models.sr256_last is not None and models.sr256_last.config.model_channels == 8
+    stored = load_file(folder / "sr256_last.safetensors")
+    assert all(torch.equal(stored[key], value) for key, value in models.sr256_last.state_dict().items())
+    (folder / "sr256_last.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"sr256_last\.safetensors is missing"):
+        load_checkpoint(folder)
+    with pytest.raises(ValueError, match="sr256_last"):
+        dataclasses.replace(tiny, sr256_last=tiny.decoder)
 
 
 @torch.no_grad()

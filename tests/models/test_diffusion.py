@@ -1,6 +1,7 @@
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -90,6 +91,14 @@ def test_spaced_timesteps_are_evenly_spaced_and_span_the_schedule(steps):
         assert kept[0] == 0
         gaps = [b - a for a, b in itertools.pairwise(kept)]
         assert max(gaps) - min(gaps) <= 1
+
+
+@pytest.mark.parametrize("steps", [2, 5, 25, 27, 31, 250])
+def test_spaced_timesteps_round_like_karlo(steps):
+    # UnCLIPScheduler.set_timesteps: (arange(steps) * ratio).round(), numpy rounding half to even.
+    ratio = (TIMESTEPS - 1) / (steps - 1)
+    karlo = (np.arange(steps) * ratio).round().astype(np.int64).tolist()
+    assert spaced_timesteps(TIMESTEPS, steps) == karlo
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "linear"])
@@ -212,6 +221,40 @@ def test_learned_range_variance_lies_between_beta_tilde_and_beta():
     expected = [log_beta_tilde, (log_beta + log_beta_tilde) / 2, log_beta, log_beta, log_beta_tilde]
     assert torch.allclose(log_variance, torch.tensor([expected]), atol=1e-6)
     assert log_beta_tilde < log_beta
+
+
+def test_learned_range_variance_may_use_v_unclamped_as_karlo():
+    diffusion = GaussianDiffusion(steps=20, learned_variance=True, clamp_learned_variance=False)
+    clamped = GaussianDiffusion(steps=20, learned_variance=True)
+    step = 7
+    v = torch.tensor([[-1.5, 0.5, 1.5]])
+
+    log_variance = diffusion.log_variance(v, step)
+
+    fraction = (v + 1) / 2
+    expected = fraction * math.log(diffusion.betas[step].item()) + (1 - fraction) * clamped.log_variance(
+        torch.tensor([[-1.0]]), step
+    )
+    assert torch.allclose(log_variance, expected, atol=1e-6)
+    assert torch.allclose(log_variance[:, 1], clamped.log_variance(v, step)[:, 1])  # inside: the same
+    assert (log_variance[:, 0] < clamped.log_variance(v, step)[:, 0]).all()  # outside: beyond the range
+    assert (log_variance[:, 2] > clamped.log_variance(v, step)[:, 2]).all()
+
+
+def test_final_denoise_runs_the_last_step_only():
+    diffusion = GaussianDiffusion(steps=4)
+    seen: list[tuple[str, int]] = []
+
+    def named(name: str):
+        def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            seen.append((name, int(t[0])))
+            return torch.zeros_like(x)
+
+        return denoise
+
+    diffusion.sample(named("first"), torch.randn(1, 3), generators(1), final_denoise=named("last"))
+
+    assert seen == [("first", 999), ("first", 666), ("first", 333), ("last", 0)]
 
 
 def test_learned_variance_output_splits_into_prediction_and_variance_channels():

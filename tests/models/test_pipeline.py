@@ -261,6 +261,19 @@ def test_generate_in_bfloat16_matches_float32_roughly(tmp_path: Path) -> None:
     assert np.abs(pixels(full[0]) - pixels(half[0])).mean() < 20
 
 
+def test_float64_weights_keep_the_diffusion_math_in_float64(pipeline: UnCLIPPipeline, tmp_path: Path) -> None:
+    double = UnCLIPPipeline.from_checkpoint(lively_checkpoint(tmp_path), device="cpu", dtype=torch.float64)
+    sampling = Sampling(size=64, prior_steps=2, decoder_steps=2)
+    steps: list[torch.dtype] = []
+    double.models.decoder.register_forward_pre_hook(lambda module, args: steps.append(args[0].dtype))
+
+    [image] = double.generate(["a circle"], [0], sampling)
+    [single] = pipeline.generate(["a circle"], [0], sampling)
+
+    assert steps == [torch.float64, torch.float64]  # x_t: float64 noise and float64 updates
+    assert np.abs(pixels(image) - pixels(single)).mean() < 2  # the same sample, to rounding
+
+
 def test_all_sizes_with_one_step_per_stage(pipeline: UnCLIPPipeline) -> None:
     reports: list[Progress] = []
     one_step = {"prior_steps": 1, "decoder_steps": 1, "sr256_steps": 1, "sr1024_steps": 1}
@@ -350,6 +363,53 @@ def test_a_checkpoint_with_karlo_conditioning_options_runs_every_operation(tmp_p
     assert_images(pipeline.variation([picture(0)], [0], sampling), 1, 64)
     [frames] = pipeline.text_diff([picture(0)], ["a square"], ["a photo"], [0], sampling, frames=2)
     assert_images(frames, 2, 64)
+
+
+def test_a_checkpoint_with_karlo_sampling_choices_draws_one_prior_sample_and_ends_with_sr256_last(
+    tmp_path: Path,
+) -> None:
+    config = named_config("tiny")
+    config = dataclasses.replace(
+        config,
+        prior=dataclasses.replace(config.prior, sample_candidates=1),
+        decoder_diffusion=dataclasses.replace(config.decoder_diffusion, clamp_learned_variance=False),
+        sr256_last=config.sr256,
+    )
+    pipeline = UnCLIPPipeline.from_checkpoint(lively_checkpoint(tmp_path, config), device="cpu")
+    calls: dict[str, list] = {"prior": [], "sr256": [], "sr256_last": []}
+
+    def record(name: str):
+        def hook(module: nn.Module, args: tuple) -> None:
+            low_res = args[2] if name != "prior" else None
+            calls[name].append((args[0].shape[0], int(args[1][0]), low_res))
+
+        return hook
+
+    for name in calls:
+        getattr(pipeline.models, name).register_forward_pre_hook(record(name))
+    sampling = pipeline.sampling(size=256, prior_steps=2, decoder_steps=2, sr256_steps=3)
+
+    [image] = pipeline.generate(["a red circle"], [0], sampling)
+
+    assert image.size == (256, 256)
+    assert [rows for rows, _, _ in calls["prior"]] == [2, 2]  # one sample: its conditioned and null rows
+    assert [t for _, t, _ in calls["sr256"]] == [999, 500] and [t for _, t, _ in calls["sr256_last"]] == [0]
+    low_res = [x for _, _, x in calls["sr256"] + calls["sr256_last"]]
+    assert all(torch.equal(x, low_res[0]) for x in low_res) and low_res[0].abs().max() <= 1
+
+
+@torch.no_grad()
+def test_one_prior_candidate_is_the_prior_sample_itself(pipeline: UnCLIPPipeline) -> None:
+    prior = pipeline.models.prior
+    text = pipeline.models.clip.encode_text(pipeline.models.tokenizer.encode(["a red circle", "blue"])[0])
+    diffusion = GaussianDiffusion.from_config(pipeline.models.config.prior_diffusion, steps=2)
+
+    one = sample_prior(prior, diffusion, text, item_generators([0, 1]), 2.0, unit=False, candidates=1)
+
+    generators = item_generators([0, 1])
+    x_T = torch.stack([torch.randn(32, generator=generator) for generator in generators])
+    latents = diffusion.sample(prior_denoiser(prior, text, 2.0), x_T, generators)
+    assert torch.allclose(one, prior.latents_to_embeds(latents), atol=1e-6)
 
 
 # Variations, interpolation, text diffs: DDIM inversion ----------------------------------------------------
