@@ -10,9 +10,9 @@ Two parts, one table:
   prompt, step counts (prior / decoder / super-res, Karlo's 25 / 25 / 7 unless --steps), guidance (4 / 8),
   batch, dtype and device, in the same run. diffusers always upsamples; its 64 px time is its pipeline
   stopped by a forward pre-hook at the first super-res call (prior + decoder + the 256 px noise draw).
-  Our generate draws 2 prior candidates per image and keeps the closer to the text (unCLIP §2.1),
-  diffusers 1; the "1 prior candidate" row patches models.pipeline.stages.PRIOR_CANDIDATES to 1, the same
-  work as diffusers. ratio = our seconds ÷ diffusers' seconds (< 1: ours is faster).
+  The imported checkpoint draws as many prior candidates per image as its PriorConfig.sample_candidates
+  says (import_karlo: 1, as diffusers; the header prints it). ratio = our seconds ÷ diffusers' seconds
+  (< 1: ours is faster).
 - default: our pipeline on a random checkpoint of models.config.named_config("small") (the shipped shapes
   model's networks, so the same compute) at 256 and 1024 px with the checkpoint's default sampling steps.
   Baseline: the issue-5 budgets for a 2-core CPU (256 px < 5 s, 1024 px < 60 s); ratio = seconds ÷ budget
@@ -36,9 +36,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from unittest import mock
 
 import torch
+from diffusers import UnCLIPPipeline as DiffusersUnCLIP
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: models is one level up
 
@@ -115,7 +115,9 @@ def _stop_at_super_res(module: torch.nn.Module, args: tuple) -> None:
     raise _StopAtSuperRes
 
 
-def diffusers_generate(pipe, prompts: list[str], seeds: list[int], size: int, steps: tuple[int, ...]) -> None:
+def diffusers_generate(
+    pipe: DiffusersUnCLIP, prompts: list[str], seeds: list[int], size: int, steps: tuple[int, ...]
+) -> None:
     prior_steps, decoder_steps, sr_steps = steps
     hooks = []
     if size == 64:  # stop where the upsampler would start (super_res_last runs alone when sr_steps is 1)
@@ -139,20 +141,17 @@ def diffusers_generate(pipe, prompts: list[str], seeds: list[int], size: int, st
             hook.remove()
 
 
-def one_prior_candidate(run: Callable[[], object]) -> Callable[[], object]:
-    def patched() -> object:
-        with mock.patch.object(stages, "PRIOR_CANDIDATES", 1):
-            return run()
-
-    return patched
-
-
 def parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
 def karlo_part(
-    workdir: Path, shape: KarloShape, steps: tuple[int, ...], args: argparse.Namespace, device, dtype
+    workdir: Path,
+    shape: KarloShape,
+    steps: tuple[int, ...],
+    args: argparse.Namespace,
+    device: torch.device,
+    dtype: torch.dtype,
 ) -> tuple[list[Row], list[str]]:
     log(f"[karlo] building the Karlo-shaped folder: {shape.describe()}")
     folder, image_encoder = save_karlo_folder(workdir / "karlo", shape)
@@ -167,9 +166,11 @@ def karlo_part(
         name: parameters(getattr(theirs, name)) / 1e6
         for name in ("text_encoder", "prior", "text_proj", "decoder", "super_res_first")
     }
+    candidates = ours.models.config.prior.sample_candidates or stages.PRIOR_CANDIDATES
     notes = [
         f"karlo model (--scale {args.scale:g}): {shape.describe()}",
         "  parameters (M): " + ", ".join(f"{name} {count:.1f}" for name, count in counts.items()),
+        f"  prior samples per image: ours {candidates} (the checkpoint's sample_candidates), diffusers 1",
     ]
     prompts, seeds = [PROMPT] * args.batch, list(range(args.batch))
     step_text = "/".join(map(str, steps))
@@ -186,11 +187,7 @@ def karlo_part(
         def their_run(size: int = size) -> None:
             diffusers_generate(theirs, prompts, seeds, size, steps)
 
-        cases = {
-            "diffusers UnCLIPPipeline": their_run,
-            "ours": our_run,
-            "ours, 1 prior candidate": one_prior_candidate(our_run),
-        }
+        cases = {"diffusers UnCLIPPipeline": their_run, "ours": our_run}
         with torch.inference_mode():
             seconds = time_interleaved(cases, args.runs, args.batch, device, f"karlo {size} px")
         baseline = statistics.median(seconds["diffusers UnCLIPPipeline"])
@@ -203,7 +200,9 @@ def karlo_part(
 # The shipped default size against the issue-5 budgets ----------------------------------------------
 
 
-def default_part(workdir: Path, args: argparse.Namespace, device, dtype) -> tuple[list[Row], list[str]]:
+def default_part(
+    workdir: Path, args: argparse.Namespace, device: torch.device, dtype: torch.dtype
+) -> tuple[list[Row], list[str]]:
     log("[default] random checkpoint of the 'small' config")
     pipe = UnCLIPPipeline.from_checkpoint(init_checkpoint(workdir / "small", "small"), device, dtype)
     counts = {name: parameters(module) / 1e6 for name, module in pipe.models.components().items()}
@@ -301,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         torch.cuda.set_device(device)
 
+    load_before = os.getloadavg()[0]
     rows: list[Row] = []
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as workdir:
@@ -319,13 +319,14 @@ def main(argv: list[str] | None = None) -> int:
         "unclip-serve in-process pipeline latency, text → image (bench/pipeline.py)"
         + ("  [--quick: a smoke check, not a measurement]" if args.quick else ""),
         f"machine: {machine(device, threads)}; {platform.system()} {platform.release()}",
+        f"1-min load average {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end (this run adds "
+        f"about {torch.get_num_threads()}; more: other processes competed for the cores, timings inflated)",
         f"versions: Python {platform.python_version()}, {versions}",
         f"setup: device {device}, dtype {str(dtype).removeprefix('torch.')}, torch.inference_mode, batch "
         f"{args.batch}, 1 warm-up + {args.runs} timed runs per case (interleaved), prompt {PROMPT!r}",
         *notes,
         "karlo ratio = ours ÷ diffusers UnCLIPPipeline (same weights, steps, guidance 4/8, batch, run); "
         "diffusers 64 px = its pipeline stopped at the first super-res call",
-        "ours draws 2 prior candidates per image (unCLIP §2.1), diffusers 1; '1 prior candidate' = same work",
         "default ratio = s/image ÷ the issue-5 budget (256 px 5 s, 1024 px 60 s, set for a 2-core CPU)",
     ]
     print_table(rows, header, args.runs)

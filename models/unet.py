@@ -116,7 +116,9 @@ class AttentionBlock(nn.Module):
         b, c, height, width = x.shape
         heads, d = self.heads, c // self.heads
         qkv = self.qkv(self.norm(x).reshape(b, c, -1))  # [B, 3C, HW]
-        q, k, v = qkv.reshape(b, 3, heads, d, -1).transpose(-1, -2).unbind(1)  # 3 x [B, H, HW, D]
+        # 3 x [B, H, HW, D], made contiguous in D: SDPA's fast CPU kernels (and the Triton kernel's loads)
+        # want it, and a strided view sends CPU SDPA to its generic path, ~3x slower at 32x32.
+        q, k, v = (t.contiguous() for t in qkv.reshape(b, 3, heads, d, -1).transpose(-1, -2).unbind(1))
         key_padding_mask = None
         if self.encoder_kv is not None and context is not None:
             context_kv = self.encoder_kv(context.transpose(1, 2))  # [B, 2C, N]
