@@ -1,7 +1,8 @@
 """Importers from published checkpoint layouts into ours (DESIGN §3). Safetensors only: nothing unpickles.
 
 python -m models.convert clip SRC OUT [--vision FOLDER]      Hugging Face CLIP → clip.json + clip.safetensors
-python -m models.convert karlo SRC OUT [--image-encoder FOLDER]   diffusers UnCLIP (Karlo) → checkpoint folder
+python -m models.convert karlo SRC OUT [--image-encoder FOLDER] [--sr1024-from CHECKPOINT]
+                                                              diffusers UnCLIP (Karlo) → checkpoint folder
 """
 
 from __future__ import annotations
@@ -22,22 +23,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     karlo.add_argument("src", help="folder with prior/, text_proj/, decoder/, super_res_first/, ...")
     karlo.add_argument("out", help="checkpoint folder to write")
     karlo.add_argument("--image-encoder", help="CLIPVisionModelWithProjection folder, when SRC has none")
+    karlo.add_argument("--sr1024-from", help="one of our checkpoint folders whose 256→1024 upsampler to use")
 
 
 def run(args: argparse.Namespace) -> int:
+    from models.checkpoint import CheckpointError, load_checkpoint
     from models.convert.clip_hf import import_clip
     from models.convert.hf_files import ConversionError
-    from models.convert.karlo import import_karlo
+    from models.convert.karlo import import_karlo, missing_parts
 
     try:
         if args.format == "clip":
             out = import_clip(args.src, args.out, vision=args.vision)
         else:
-            out = import_karlo(args.src, args.out, image_encoder=args.image_encoder)
-    except (ConversionError, FileNotFoundError) as error:
+            out = import_karlo(args.src, args.out, args.image_encoder, args.sr1024_from)
+    except (ConversionError, CheckpointError, FileNotFoundError) as error:
         print(f"import failed: {error}", file=sys.stderr)
         return 1
     print(f"wrote {out}")
+    if args.format == "karlo":
+        for note in missing_parts(load_checkpoint(out)):
+            print(f"note: {note}")
     return 0
 
 

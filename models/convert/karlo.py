@@ -36,12 +36,13 @@ the scheduler's clip_sample_range, the learned variance interpolant used unclamp
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import torch
 
-from models.checkpoint import UnCLIPModels, build_models, save_checkpoint
+from models.checkpoint import UnCLIPModels, build_models, load_checkpoint, save_checkpoint
 from models.clip import CLIP
 from models.config import CLIPConfig, DiffusionConfig, PriorConfig, SamplingDefaults, UnCLIPConfig, UNetConfig
 from models.convert.clip_hf import check_tokenizer, find_tokenizer, load_hf_clip
@@ -246,10 +247,14 @@ def _load(module: torch.nn.Module, tensors: dict[str, torch.Tensor], name: str) 
     module.load_state_dict({k: v.contiguous() for k, v in tensors.items()}, strict=True, assign=True)
 
 
-def convert_karlo(src: str | Path, image_encoder: str | Path | None = None) -> UnCLIPModels:
+def convert_karlo(
+    src: str | Path, image_encoder: str | Path | None = None, sr1024_from: str | Path | None = None
+) -> UnCLIPModels:
     """Our models (CPU) from a Karlo folder: Karlo's float32 tensors, derived ones in float64 (cast the
-    models to one dtype to run them; `import_karlo` + `load_checkpoint` does)."""
+    models to one dtype to run them; `import_karlo` + `load_checkpoint` does). Karlo stops at 256 px;
+    `sr1024_from` (one of our checkpoint folders) lends its 256→1024 upsampler."""
     src = Path(src)
+    donor = _sr1024_donor(sr1024_from)
     vision = Path(image_encoder) if image_encoder is not None else src / "image_encoder"
     if not (vision / "config.json").is_file():
         raise ConversionError(
@@ -280,12 +285,12 @@ def convert_karlo(src: str | Path, image_encoder: str | Path | None = None) -> U
         prior=prior_config,
         decoder=decoder_config,
         sr256=sr_config,
-        sr1024=None,
-        sampling=KARLO_SAMPLING,
+        sr1024=None if donor is None else donor.config.sr1024,
+        sampling=KARLO_SAMPLING if donor is None else dataclasses.replace(KARLO_SAMPLING, size=1024),
         prior_diffusion=diffusion_config(src / "prior_scheduler"),
         decoder_diffusion=diffusion_config(src / "decoder_scheduler"),
         sr256_diffusion=diffusion_config(src / "super_res_scheduler"),
-        sr1024_diffusion=None,
+        sr1024_diffusion=None if donor is None else donor.config.sr1024_diffusion,
         sr256_last=last_config,
     )
     with torch.device("meta"):
@@ -295,13 +300,42 @@ def convert_karlo(src: str | Path, image_encoder: str | Path | None = None) -> U
     _load(models.decoder, decoder_tensors, "decoder")
     _load(models.sr256, sr_tensors, "sr256")
     _load(models.sr256_last, last_tensors, "sr256_last")  # type: ignore[arg-type]
+    if donor is not None:
+        models.sr1024 = donor.sr1024
     for module in models.components().values():
         module.eval()
     return models
 
 
-def import_karlo(src: str | Path, out: str | Path, image_encoder: str | Path | None = None) -> Path:
+def _sr1024_donor(folder: str | Path | None) -> UnCLIPModels | None:
+    if folder is None:
+        return None
+    donor = load_checkpoint(folder)
+    if donor.sr1024 is None:
+        raise ConversionError(f"{folder} has no sr1024 upsampler to lend")
+    return donor
+
+
+def import_karlo(
+    src: str | Path,
+    out: str | Path,
+    image_encoder: str | Path | None = None,
+    sr1024_from: str | Path | None = None,
+) -> Path:
     """Write our checkpoint folder for a Karlo folder; returns `out`."""
     out = Path(out)
-    save_checkpoint(convert_karlo(src, image_encoder), out)
+    save_checkpoint(convert_karlo(src, image_encoder, sr1024_from), out)
     return out
+
+
+def missing_parts(models: UnCLIPModels) -> list[str]:
+    """What a checkpoint lacks of the full stack (DESIGN §1), and how the pipeline copes without it."""
+    notes = []
+    if models.sr1024 is None:
+        notes.append("no 256→1024 upsampler: images stop at 256 px (--sr1024-from CHECKPOINT lends one)")
+    if not models.decoder.supports_inpainting:
+        notes.append(
+            "a decoder without inpainting channels: inpaint puts the noised original back outside the mask at"
+            " every step"
+        )
+    return notes

@@ -10,10 +10,11 @@ from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
 from safetensors.torch import load_file
 from transformers import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
 
-from models.checkpoint import UnCLIPModels, load_checkpoint
+from models.checkpoint import UnCLIPModels, init_checkpoint, load_checkpoint
 from models.clip import CLIP_MEAN, CLIP_STD, TextEncoding
 from models.convert.hf_files import ConversionError
-from models.convert.karlo import SR_LAST_FILE, import_karlo
+from models.convert.karlo import SR_LAST_FILE, import_karlo, missing_parts
+from models.pipeline import UnCLIPPipeline
 from models.unet import SuperResUNet
 from tests.models.convert.karlo_folder import make_karlo_folder
 
@@ -160,5 +161,24 @@ def test_command_line_import(karlo: Path, tmp_path: Path, capsys: pytest.Capture
 
     assert main(["karlo", str(karlo), str(tmp_path / "out")]) == 0
     assert load_checkpoint(tmp_path / "out").config.sampling.size == 256
+    printed = capsys.readouterr().out
+    assert "no 256→1024 upsampler" in printed and "without inpainting channels" in printed
     assert main(["karlo", str(tmp_path / "missing"), str(tmp_path / "out2")]) == 1
     assert "import failed" in capsys.readouterr().err
+
+
+def test_a_1024_upsampler_lent_by_another_checkpoint(karlo: Path, tmp_path: Path) -> None:
+    donor = init_checkpoint(tmp_path / "donor", "tiny", seed=3)
+    out = import_karlo(karlo, tmp_path / "out", sr1024_from=donor)
+    models, lent = load_checkpoint(out), load_checkpoint(donor)
+    assert models.config.sr1024 == lent.config.sr1024 and models.config.sampling.size == 1024
+    for name, tensor in lent.sr1024.state_dict().items():
+        assert torch.equal(models.sr1024.state_dict()[name], tensor), name
+    assert [note for note in missing_parts(models) if "1024" in note] == []
+    pipeline = UnCLIPPipeline(models, torch.device("cpu"), torch.float32)
+    sampling = pipeline.sampling(prior_steps=1, decoder_steps=1, sr256_steps=1, sr1024_steps=1)
+    [image] = pipeline.generate(["a red circle"], [0], sampling)
+    assert image.size == (1024, 1024)
+    plain = import_karlo(karlo, tmp_path / "plain")
+    with pytest.raises(ConversionError, match="no sr1024"):
+        import_karlo(karlo, tmp_path / "again", sr1024_from=plain)
