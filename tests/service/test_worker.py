@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from service.jobs import GROUP, dead_letter_key, job_key, result_key
-from service.worker import WorkerMetrics
+from service.worker import WorkerMetrics, warm_up
 from tests.service.worker_fixtures import (
     FakePipeline,
     cancel,
@@ -274,3 +274,9 @@ def stop_process(process: subprocess.Popen) -> None:
     if process.poll() is None:
         process.kill()
         process.wait(timeout=5)
+
+
+def test_warm_up_runs_one_image_through_every_stage_at_one_step() -> None:
+    pipeline = FakePipeline(step_delay=0)
+    warm_up(pipeline)
+    assert pipeline.calls == [{"op": "generate", "seeds": [0], "steps": 2}]  # one prior + one decoder step
