@@ -1,4 +1,5 @@
-"""Dependencies the routes declare: the app's settings and its job store (both live on `app.state`)."""
+"""Dependencies the routes declare: the app's settings, its job store and its public URL. All `async def`:
+FastAPI runs a plain `def` dependency in its thread pool, a thread hop per request for a field read."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ from service.jobs import JobStore
 from service.settings import Settings
 
 
-def app_settings(request: Request) -> Settings:
+async def app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def job_store(request: Request) -> JobStore:
+async def job_store(request: Request) -> JobStore:
     return request.app.state.store
 
 
@@ -22,7 +23,7 @@ AppSettings = Annotated[Settings, Depends(app_settings)]
 Store = Annotated[JobStore, Depends(job_store)]
 
 
-def public_base_url(request: Request) -> str:
+async def public_base_url(request: Request) -> str:
     """Where clients reach this server: settings.public_url, else the scheme and host of the request."""
     configured = request.app.state.settings.public_url
     return (configured or str(request.base_url)).rstrip("/")
