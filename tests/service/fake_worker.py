@@ -1,117 +1,59 @@
-"""A test-only stand-in for QUEUE's worker, so gateway tests can finish jobs without torch.
-
-It claims entries with the consumer group (XREADGROUP), starts and ends each job through the Lua scripts
-of service.jobs (START_LUA, PROGRESS_LUA, FINISH_LUA), reports one progress step per image and stores
-PNGs that show which params reached it (`rendered_result`). A job asked to cancel ends `cancelled`.
-"""
+"""The real worker loop (service.worker.run_worker) on a torch-free pipeline whose images show which params
+reached it, so the gateway tests finish jobs through the same Redis code (claim, START, PROGRESS, FINISH,
+cancel) as production."""
 
 from __future__ import annotations
 
-import base64
-import io
-import json
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
-import redis
 from PIL import Image
 
-from service.jobs import (
-    FINISH_LUA,
-    GROUP,
-    PROGRESS_LUA,
-    START_LUA,
-    counts_key,
-    dead_letter_key,
-    job_key,
-    result_key,
-)
 from service.settings import Settings
+from tests.service.worker_fixtures import FakePipeline, FakeSampling, worker_thread
 
 
-def rendered_result(op: str, params: dict[str, Any], index: int) -> Image.Image:
-    """`params["size"]` square: generate → solid red (seed + index) % 256; inpaint → its mask (white =
-    repaint); the other ops → their (first) input image."""
-    size = params["size"]
-    if op == "generate":
-        return Image.new("RGB", (size, size), ((params["seed"] + index) % 256, 0, 0))
-    source = params["mask"] if op == "inpaint" else params.get("image") or params["image_a"]
-    picture = Image.open(io.BytesIO(base64.b64decode(source)))
+def resized(picture: Image.Image, size: int) -> Image.Image:
     return picture.convert("RGB").resize((size, size), Image.Resampling.NEAREST)
 
 
-def png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+class GatewayPipeline(FakePipeline):
+    """FakePipeline whose `sampling.size` square images show their inputs: generate → solid red seed % 256
+    (item i of a job has seed + i); inpaint → its mask (white = repaint); the other ops → their (first)
+    input image. Progress: one "decoder" step per image of the call, `step_delay` s each (no prior steps),
+    so a job's steps climb to its image count."""
 
+    def _run(self, op: str, seeds: list[int], sampling: FakeSampling, texts: list[str], progress: Any,
+             images: int) -> None:
+        self._sample(op, seeds, replace(sampling, prior_steps=0, decoder_steps=images), texts, progress)
 
-class FakeWorker:
-    def __init__(self, settings: Settings, step_delay: float = 0.0, name: str = "fake-worker"):
-        self.settings = settings
-        self.step_delay = step_delay
-        self.name = name
-        self.client = redis.Redis.from_url(settings.redis_url)
-        self.start = self.client.register_script(START_LUA)
-        self.progress = self.client.register_script(PROGRESS_LUA)
-        self.finish = self.client.register_script(FINISH_LUA)
-        try:  # id 0: entries added before the group existed are delivered too
-            self.client.xgroup_create(settings.stream, GROUP, id="0", mkstream=True)
-        except redis.ResponseError as error:
-            if "BUSYGROUP" not in str(error):
-                raise
+    def generate(self, prompts, seeds, sampling, progress=None):
+        self._run("generate", seeds, sampling, prompts, progress, len(seeds))
+        return [Image.new("RGB", (sampling.size,) * 2, (seed % 256, 0, 0)) for seed in seeds]
 
-    def work_one(self, block_ms: int = 50) -> bool:
-        """Claims and runs one job; False when none arrived within `block_ms`."""
-        stream = self.settings.stream
-        claimed = self.client.xreadgroup(GROUP, self.name, {stream: ">"}, count=1, block=block_ms)
-        if not claimed:
-            return False
-        entry, fields = claimed[0][1][0]
-        job_id = fields[b"job"].decode()
-        key = job_key(job_id)
-        ttl = self.settings.result_ttl_seconds
-        attempts = self.settings.max_attempts
-        started = self.start(keys=[key, counts_key(stream)], args=[self.name, attempts, ttl])
-        status, pngs = "succeeded", []
-        if started[0] == b"run":
-            op, params_json, expected = self.client.hmget(key, "op", "params", "expected_images")
-            params, total = json.loads(params_json), int(expected)
-            for index in range(total):
-                step = json.dumps({"stage": "decoder", "step": index + 1, "total": total})
-                if self.progress(keys=[key], args=[step]):
-                    status, pngs = "cancelled", []
-                    break
-                pngs.append(png_bytes(rendered_result(op.decode(), params, index)))
-                threading.Event().wait(self.step_delay)
-        results = [result_key(job_id, index) for index in range(len(pngs))]
-        self.finish(
-            keys=[key, counts_key(stream), stream, dead_letter_key(stream), *results],
-            args=[GROUP, entry, status, "", ttl, "[]", *pngs],
-        )  # for a job that was not started (already ended), this only acknowledges the entry
-        return True
+    def variation(self, images, seeds, sampling, eta=0.5, progress=None):
+        self._run("variation", seeds, sampling, [], progress, len(seeds))
+        return [resized(image, sampling.size) for image in images]
 
-    def close(self) -> None:
-        self.client.close()
+    def inpaint(self, images, masks, prompts, seeds, sampling, progress=None):
+        self._run("inpaint", seeds, sampling, prompts, progress, len(seeds))
+        return [resized(mask, sampling.size) for mask in masks]
+
+    def interpolate(self, images_a, images_b, seeds, sampling, frames=5, latent="slerp", progress=None):
+        self._run("interpolate", seeds, sampling, [], progress, len(seeds) * frames)
+        return [[resized(image, sampling.size)] * frames for image in images_a]
+
+    def text_diff(self, images, prompts, source_captions, seeds, sampling, frames=5, progress=None):
+        self._run("text_diff", seeds, sampling, prompts, progress, len(seeds) * frames)
+        return [[resized(image, sampling.size)] * frames for image in images]
 
 
 @contextmanager
-def fake_worker(settings: Settings, step_delay: float = 0.0) -> Iterator[FakeWorker]:
-    """Runs a FakeWorker in a background thread until the block exits."""
-    worker = FakeWorker(settings, step_delay)
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.is_set():
-            worker.work_one()
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    try:
-        yield worker
-    finally:
-        stop.set()
-        thread.join(timeout=10)
-        worker.close()
+def fake_worker(settings: Settings, step_delay: float = 0.0) -> Iterator[GatewayPipeline]:
+    """run_worker on a GatewayPipeline in a thread (50 ms poll, no metrics port) until the block exits;
+    it finishes the batch it is running first."""
+    pipeline = GatewayPipeline(step_delay)
+    with worker_thread(settings.model_copy(update={"worker_metrics_port": None}), pipeline):
+        yield pipeline
