@@ -13,8 +13,9 @@ Two parts, one table:
   The imported checkpoint draws as many prior candidates per image as its PriorConfig.sample_candidates
   says (import_karlo: 1, as diffusers; the header prints it). ratio = our seconds ÷ diffusers' seconds
   (< 1: ours is faster).
-- default: our pipeline on a random checkpoint of models.config.named_config("small") (the shipped shapes
-  model's networks, so the same compute) at 256 and 1024 px with the checkpoint's default sampling steps.
+- default: our pipeline on the shipped checkpoint (models/weights/default; where it is missing, a random
+  checkpoint of models.config.named_config("small"), the same networks) at 256 and 1024 px with the
+  checkpoint's default sampling steps.
   Baseline: the issue-5 budgets for a 2-core CPU (256 px < 5 s, 1024 px < 60 s); ratio = seconds ÷ budget
   (< 1: within budget). On other machines the ratio is printed against the same budgets.
 
@@ -44,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from karlo_models import KarloShape, karlo_shape, load_diffusers_pipeline, save_karlo_folder
 
-from models.checkpoint import init_checkpoint
+from models.checkpoint import CONFIG_FILE, DEFAULT_FOLDER, init_checkpoint
 from models.convert.karlo import import_karlo
 from models.pipeline import Sampling, UnCLIPPipeline, stages
 from models.pipeline.devices import resolve_device, resolve_dtype
@@ -203,10 +204,13 @@ def karlo_part(
 def default_part(
     workdir: Path, args: argparse.Namespace, device: torch.device, dtype: torch.dtype
 ) -> tuple[list[Row], list[str]]:
-    log("[default] random checkpoint of the 'small' config")
-    pipe = UnCLIPPipeline.from_checkpoint(init_checkpoint(workdir / "small", "small"), device, dtype)
+    shipped = (DEFAULT_FOLDER / CONFIG_FILE).is_file()
+    label = "shipped default" if shipped else "'small', random weights"
+    log(f"[default] {label}")
+    folder = DEFAULT_FOLDER if shipped else init_checkpoint(workdir / "small", "small")
+    pipe = UnCLIPPipeline.from_checkpoint(folder, device, dtype)
     counts = {name: parameters(module) / 1e6 for name, module in pipe.models.components().items()}
-    notes = ["default model: named_config('small'), random weights; parameters (M): "
+    notes = [f"default model: {label} ({folder}); parameters (M): "
              + ", ".join(f"{name} {count:.2f}" for name, count in counts.items())]  # fmt: skip
     prompts, seeds = [PROMPT] * args.batch, list(range(args.batch))
     rows = []
@@ -222,7 +226,7 @@ def default_part(
         with torch.inference_mode():
             seconds = time_interleaved({"ours": run}, args.runs, args.batch, device, f"default {size} px")
         rows.append(
-            Row("default", size, "ours ('small', random weights)", "/".join(map(str, steps)), args.batch,
+            Row("default", size, f"ours ({label})", "/".join(map(str, steps)), args.batch,
                 seconds["ours"], f"issue-5 budget {budget:g} s", budget)
         )  # fmt: skip
     return rows, notes

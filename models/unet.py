@@ -176,7 +176,7 @@ class UNet(nn.Module):
         self.config = config
         self.in_channels = config.in_channels
         self.out_channels = config.out_channels
-        mc, groups = config.model_channels, config.norm_groups
+        mc, groups, patch = config.model_channels, config.norm_groups, config.patch_size
         self.time_embed_dim = 4 * mc
         self.time_embed = nn.Sequential(
             nn.Linear(mc, self.time_embed_dim), nn.SiLU(), nn.Linear(self.time_embed_dim, self.time_embed_dim)
@@ -191,9 +191,9 @@ class UNet(nn.Module):
             return AttentionBlock(channels, min(channels, config.num_head_channels), groups, context_width)
 
         self.input_blocks = nn.ModuleList(
-            [TimestepSequential(nn.Conv2d(config.in_channels, mc, 3, padding=1))]
+            [TimestepSequential(nn.Conv2d(config.in_channels * patch**2, mc, 3, padding=1))]
         )
-        skip_channels, ch, resolution = [mc], mc, config.image_size
+        skip_channels, ch, resolution = [mc], mc, config.image_size // patch
         for level, mult in enumerate(config.channel_mult):
             for _ in range(config.num_res_blocks):
                 layers: list[nn.Module] = [res(ch, mult * mc)]
@@ -228,8 +228,10 @@ class UNet(nn.Module):
                     resolution *= 2
                 self.output_blocks.append(TimestepSequential(*layers))
 
-        self.out = nn.Sequential(
-            group_norm(ch, groups), nn.SiLU(), zero_module(nn.Conv2d(ch, config.out_channels, 3, padding=1))
+        self.out = nn.Sequential(  # out_channels per pixel of each patch
+            group_norm(ch, groups),
+            nn.SiLU(),
+            zero_module(nn.Conv2d(ch, config.out_channels * patch**2, 3, padding=1)),
         )
 
     @property
@@ -248,7 +250,7 @@ class UNet(nn.Module):
         context_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The UNet body: x `[B, in_channels, H, W]`, emb `[B, T]` → `[B, out_channels, H, W]`."""
-        h = x.to(self.dtype)
+        h = F.pixel_unshuffle(x.to(self.dtype), self.config.patch_size)
         skips = []
         for block in self.input_blocks:
             h = block(h, emb, context, context_mask)
@@ -256,7 +258,7 @@ class UNet(nn.Module):
         h = self.middle_block(h, emb, context, context_mask)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
-        return self.out(h)
+        return F.pixel_shuffle(self.out(h), self.config.patch_size)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.denoise(x, self.timestep_embed(t))

@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--config", default="tiny", help="named size (tiny, small)")
     init.add_argument("--seed", type=int, default=0)
 
+    # Listed for --help only: main hands them to their own parser (python -m models.train) unparsed.
+    for name, what in (("train", "train the shapes-world checkpoint"), ("evaluate", "score a checkpoint")):
+        commands.add_parser(name, help=f"{what} (unclip {name} --help)", add_help=False)
+
     from models.convert import add_arguments as add_import_arguments  # argparse only, no torch
 
     add_import_arguments(commands.add_parser("import", help="convert published weights (karlo | clip)"))
@@ -84,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["train"], ["evaluate"]):
+        from models.train.cli import main as train_main
+
+        return train_main(argv)
     args = build_parser().parse_args(argv)
     if args.command in ("serve", "gateway", "worker"):
         from service import serve as commands

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -21,6 +22,8 @@ from torch import nn
 from tqdm import tqdm
 
 from models.train.stage import Stage, StageSettings
+
+log = logging.getLogger(__name__)
 
 REPORT_EVERY = 10  # steps between progress-bar updates
 
@@ -135,15 +138,18 @@ def train_stage(
         stage.after_step()
         update_ema(ema, module, ema_decay(settings, step))
         recent.append(loss.detach())
-        if len(recent) == REPORT_EVERY or step + 1 == settings.steps:
+        saving = bool(save_every) and (step + 1) % save_every == 0 and step + 1 < settings.steps
+        if len(recent) == REPORT_EVERY or step + 1 == settings.steps or saving:
             # Read back every few steps only: each read waits for the device to finish its queue.
             for value in torch.stack(recent).tolist():
                 smoothed = value if smoothed != smoothed else 0.98 * smoothed + 0.02 * value
             recent.clear()
-            if progress:
-                shown = {k: f"{float(v.float().mean()):.3f}" for k, v in parts.items()}
-                bar.set_postfix({"loss": f"{smoothed:.4f}", **shown})
-        if save_every and (step + 1) % save_every == 0 and step + 1 < settings.steps:
+            shown = {k: f"{float(v.float().mean()):.3f}" for k, v in parts.items()}
+            bar.set_postfix({"loss": f"{smoothed:.4f}", **shown})
+        if saving:
+            if not progress:  # logs in place of the bar, once per save
+                seconds = time.perf_counter() - began
+                log.info("%s step %d: loss %.4f %s (%.0f s)", stage.name, step + 1, smoothed, shown, seconds)
             save_state(path, step + 1, module, ema, optimizer)
             if on_save is not None:
                 on_save(ema)

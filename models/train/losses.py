@@ -7,7 +7,7 @@ Diffusion (Ho et al. 2020; Nichol & Dhariwal 2021), on the full schedule a compo
 - learned variance (improved DDPM's hybrid loss): plus the variational bound term KL(q(x_{t-1}|x_t,x_0)
   ‖ p(x_{t-1}|x_t)) in bits per dimension with the mean's gradient stopped, so only the variance
   channels learn from it. λ = 0.001 of the sum over 1000 steps is that KL at weight 1 per sampled step.
-- x0 prediction (the prior): plain mean squared error to x0 (unCLIP §2.1).
+- x0 prediction (the prior, unCLIP §2.1; every stage of the shapes model): plain mean squared error to x0.
 """
 
 from __future__ import annotations

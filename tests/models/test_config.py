@@ -52,9 +52,9 @@ def test_inconsistent_configs_are_refused_with_a_reason() -> None:
         named_config("huge")
 
 
-def test_small_config_is_a_few_million_parameters() -> None:
+def test_small_config_ships_well_under_50_megabytes() -> None:
     with torch.device("meta"):
         models = build_models(named_config("small"), build_tokenizer(["a"]))
     counts = {name: sum(p.numel() for p in m.parameters()) for name, m in models.components().items()}
-    assert 1.0e6 < counts["decoder"] < 2.0e6
-    assert 3e6 < sum(counts.values()) < 8e6
+    assert all(count > 5e5 for count in counts.values())  # every stage has room to learn its job
+    assert sum(counts.values()) * 4 < 30e6  # float32 bytes

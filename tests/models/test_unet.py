@@ -144,3 +144,34 @@ def test_bfloat16_decoder_tracks_float32(decoder: DecoderUNet) -> None:
 
     assert half.dtype == torch.bfloat16
     assert (half.float() - full).abs().mean() < 0.05 * full.abs().mean() + 1e-3
+
+
+@torch.no_grad()
+def test_a_patched_unet_runs_its_body_at_a_fraction_of_the_picture_size() -> None:
+    torch.manual_seed(0)
+    config = dataclasses.replace(TINY.decoder, patch_size=2, attention_resolutions=(8,))
+    decoder = randomise_zeros(DecoderUNet(config))
+    body_sides = []
+    decoder.input_blocks[1].register_forward_hook(lambda m, args, out: body_sides.append(out.shape[-1]))
+
+    out = decoder(**decoder_inputs())
+
+    assert out.shape == (2, 6, 64, 64) and torch.isfinite(out).all()
+    assert body_sides == [32]
+    # attention_resolutions count body pixels: 8 px is the third level here, not the fourth
+    assert sum(isinstance(m, AttentionBlock) for m in decoder.modules()) == 1 + 1 + 2
+    with pytest.raises(ValueError, match="patch_size 3 does not divide image_size 64"):
+        dataclasses.replace(TINY.decoder, patch_size=3)
+
+
+@torch.no_grad()
+def test_a_patched_upsampler_keeps_its_output_size_and_input() -> None:
+    torch.manual_seed(0)
+    upsampler = randomise_zeros(SuperResUNet(dataclasses.replace(TINY.sr1024, patch_size=4)))
+    low_res = torch.rand(1, 3, 16, 16) * 2 - 1
+    x = torch.randn(1, 3, 64, 64)
+
+    out = upsampler(x, torch.tensor([100]), low_res)
+
+    assert out.shape == (1, 3, 64, 64)
+    assert not torch.allclose(out, upsampler(x, torch.tensor([100]), -low_res))

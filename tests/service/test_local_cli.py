@@ -126,3 +126,19 @@ def test_bad_input_is_a_message_and_exit_code_2(
     assert main(["generate", "x", *flags(tmp_path / "no-checkpoint", tmp_path / "o.png")]) == 2
     assert "missing" in capsys.readouterr().err
     assert not (tmp_path / "o.png").exists()
+
+
+def test_train_and_evaluate_are_handed_to_the_training_command(tmp_path: Path) -> None:
+    out = tmp_path / "trained"
+    training = ["--config", "tiny", "--stage", "sr256", "--steps", "2", "--batch-size", "2", "--pool", "4"]
+    rest = ["--cache", str(tmp_path / "cache"), "--workers", "1", "--no-progress"]
+    assert main(["train", *training, "--out", str(out), *rest]) == 0
+
+    fresh = tmp_path / "fresh"
+    assert main(["init-checkpoint", str(fresh), "--config", "tiny", "--seed", "0"]) == 0
+    same = [(out / f"{part}.safetensors").read_bytes() == (fresh / f"{part}.safetensors").read_bytes()
+            for part in ("clip", "sr256")]  # fmt: skip
+    assert same == [True, False]  # only the named stage trained, from the seed's initial weights
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--help"])
+    assert exit_info.value.code == 0

@@ -135,6 +135,22 @@ def test_resuming_continues_exactly_where_it_stopped(tmp_path: Path) -> None:
         assert torch.allclose(tensor, resumed.prior.state_dict()[name], atol=1e-6), name
 
 
+def test_without_a_progress_bar_every_save_logs_the_step_and_loss(tmp_path: Path, caplog) -> None:
+    caplog.set_level("INFO", logger="models.train.loop")
+    train_stage(
+        STAGES["prior"](tiny_models(), tiny_data(), CPU),
+        settings(5),
+        seed=1,
+        state_dir=tmp_path,
+        resume=False,
+        save_every=2,
+        progress=False,
+    )
+    lines = [r.getMessage() for r in caplog.records if r.name == "models.train.loop"]
+    assert [line.split(":")[0] for line in lines] == ["prior step 2", "prior step 4"]
+    assert all("loss" in line and "mse" in line for line in lines)
+
+
 def test_one_command_trains_every_stage_into_a_loadable_checkpoint(tmp_path: Path, capsys) -> None:
     out = tmp_path / "checkpoint"
     arguments = [

@@ -1,0 +1,44 @@
+"""The trained shapes-world checkpoint in models/weights/default: the default of the service and the CLI,
+small enough to ship, and drawing what its prompts say (the whole stack's end-to-end check, at 64 px
+so that it runs in seconds).
+
+The thresholds are what the shipped, partly trained weights hold with room to spare (README, "The shipped
+model": backgrounds 97 %, shape colours 72 %, shape kinds 25 % on 32 prompts), far above chance (1 in 8
+colours): a broken stage, conditioning or sampler falls to chance. Raise them as training goes on."""
+
+import pytest
+import torch
+
+from models.checkpoint import CONFIG_FILE, DEFAULT_FOLDER, default_checkpoint, load_checkpoint
+from models.pipeline import UnCLIPPipeline
+from models.train.evaluate import evaluate_generation, evaluate_operations, held_out_prompts
+
+PROMPTS = 12  # held-out one-shape prompts (and as many two-shape ones), never a training caption
+
+
+@pytest.fixture(scope="module")
+def pipeline() -> UnCLIPPipeline:
+    torch.manual_seed(0)
+    return UnCLIPPipeline.from_checkpoint(default_checkpoint(), device="cpu")
+
+
+def test_the_trained_checkpoint_ships_and_is_the_default() -> None:
+    assert (DEFAULT_FOLDER / CONFIG_FILE).is_file()
+    assert default_checkpoint() == DEFAULT_FOLDER
+    assert sum(f.stat().st_size for f in DEFAULT_FOLDER.iterdir()) < 50e6
+    models = load_checkpoint(DEFAULT_FOLDER)
+    assert [models.config.decoder.image_size, models.config.sr256.image_size] == [64, 256]
+    assert models.sr1024 is not None and models.config.sr1024.image_size == 1024
+
+
+def test_held_out_prompts_get_their_colours(pipeline: UnCLIPPipeline) -> None:
+    prompts = held_out_prompts(PROMPTS, seed=1)
+    one_shape = evaluate_generation(pipeline, prompts, size=64, seed=1, batch=PROMPTS)["one shape"]
+    assert one_shape.rate("background") >= 0.75, one_shape.line("one shape")
+    assert one_shape.rate("colour") >= 0.5, one_shape.line("one shape")
+
+
+def test_inpainting_keeps_the_rest_and_interpolation_moves(pipeline: UnCLIPPipeline) -> None:
+    results = evaluate_operations(pipeline, size=64, seed=1)
+    assert results["inpaint"]["rest kept"] == 1.0, results
+    assert results["interpolation"]["passes between"] == 1.0, results
