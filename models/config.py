@@ -160,6 +160,10 @@ class UNetConfig(_JSONConfig):
     # p > 1: the body runs at image_size / p on p×p pixel patches folded into channels (pixel unshuffle
     # in, pixel shuffle out), p² times cheaper; flat-colour pictures lose nothing by it.
     patch_size: int = 1
+    # A learned embedding per body pixel, added after the first convolution (CoordConv's point, Liu et al.
+    # 2018): convolutions know where they are only from their zero padding, yet a decoder painting shapes
+    # out of pure noise from a global vector (z_i) has to place them.
+    position_embedding: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in UNET_KINDS:
@@ -351,6 +355,7 @@ def _small() -> UnCLIPConfig:
             kind="decoder",
             image_size=64,
             patch_size=2,
+            position_embedding=True,
             in_channels=7,
             out_channels=6,
             model_channels=32,

@@ -194,6 +194,10 @@ class UNet(nn.Module):
             [TimestepSequential(nn.Conv2d(config.in_channels * patch**2, mc, 3, padding=1))]
         )
         skip_channels, ch, resolution = [mc], mc, config.image_size // patch
+        # Zero at first, so weights trained without it continue unchanged (`UNetConfig.position_embedding`).
+        self.position = None
+        if config.position_embedding:
+            self.position = nn.Parameter(torch.zeros(mc, resolution, resolution))
         for level, mult in enumerate(config.channel_mult):
             for _ in range(config.num_res_blocks):
                 layers: list[nn.Module] = [res(ch, mult * mc)]
@@ -252,8 +256,10 @@ class UNet(nn.Module):
         """The UNet body: x `[B, in_channels, H, W]`, emb `[B, T]` → `[B, out_channels, H, W]`."""
         h = F.pixel_unshuffle(x.to(self.dtype), self.config.patch_size)
         skips = []
-        for block in self.input_blocks:
+        for i, block in enumerate(self.input_blocks):
             h = block(h, emb, context, context_mask)
+            if i == 0 and self.position is not None:
+                h = h + self.position.to(h.dtype)  # [C, H', W'], the same for every row
             skips.append(h)
         h = self.middle_block(h, emb, context, context_mask)
         for block in self.output_blocks:

@@ -52,6 +52,6 @@ class PriorStage(Stage):
         x_t = self.schedule.q_sample(x0, t, noise)
         drop = bernoulli(TEXT_DROPOUT, batch_size, generator, self.device)
         predicted = prior(x_t, t, batch["text"], drop)
-        loss, parts = diffusion_loss(self.schedule, predicted, x0, x_t, t, noise)
+        loss, parts = diffusion_loss(self.schedule, predicted, x0, x_t, t, noise, min_snr_gamma=None)
         cosine = torch.nn.functional.cosine_similarity(predicted.float(), x0, dim=-1).mean()
         return loss, {**parts, "cos": cosine.detach()}

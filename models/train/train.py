@@ -43,13 +43,15 @@ STAGES: dict[str, type[Stage]] = {
     "sr1024": SR1024Stage,
 }
 
-# The recipe of the shipped checkpoint, on the 2-core development CPU: clip 17, prior 22, decoder 84 (the
-# last 1700 steps on two threads), sr256 14, sr1024 32 min; 1 h 41 min of wall time, two stages at a time.
-# It is not trained to the end; a GPU affords far more (--steps, or --init to continue these weights).
+# The recipe of the shipped checkpoint, on the 2-core development CPU: clip 17, prior 22, decoder 84 + 93,
+# sr256 14, sr1024 32 min. The decoder came in two runs: 5500 steps with the plain x0 loss and no position
+# embedding, then 5000 from those EMA weights (fresh optimizer) with both; a run from scratch has both
+# from the start (the upsamplers, trained before the x0 weighting of losses.py, would get it too). Not
+# trained to the end; a GPU affords far more (--steps, or --init to continue).
 DEFAULT_SETTINGS: dict[str, StageSettings] = {
     "clip": StageSettings(steps=2000, batch_size=128, lr=5e-4, weight_decay=0.05),
     "prior": StageSettings(steps=3000, batch_size=128, lr=3e-4),
-    "decoder": StageSettings(steps=5500, batch_size=32, lr=4e-4),
+    "decoder": StageSettings(steps=10500, batch_size=32, lr=4e-4),
     "sr256": StageSettings(steps=1300, batch_size=32, lr=3e-4),
     "sr1024": StageSettings(steps=3200, batch_size=8, lr=3e-4),
 }

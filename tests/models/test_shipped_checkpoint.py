@@ -2,9 +2,10 @@
 small enough to ship, and drawing what its prompts say (the whole stack's end-to-end check, at 64 px
 so that it runs in seconds).
 
-The thresholds are what the shipped, partly trained weights hold with room to spare (README, "The shipped
-model": backgrounds 100 %, shape colours 88 %, shape kinds 31 % on 32 prompts), far above chance (1 in 8
-colours): a broken stage, conditioning or sampler falls to chance. Raise them as training goes on."""
+The thresholds are what the shipped, partly trained weights hold with room to spare (these 12 prompts:
+backgrounds, colours 12/12 and kinds 8/12; README, "The shipped model", for the full evaluation), far
+above chance (1 in 8 colours, 1 in 3 kinds): a broken stage, conditioning or sampler falls to chance.
+Raise them as training goes on."""
 
 import pytest
 import torch
@@ -31,11 +32,12 @@ def test_the_trained_checkpoint_ships_and_is_the_default() -> None:
     assert models.sr1024 is not None and models.config.sr1024.image_size == 1024
 
 
-def test_held_out_prompts_get_their_colours(pipeline: UnCLIPPipeline) -> None:
+def test_held_out_prompts_get_their_colours_and_kinds(pipeline: UnCLIPPipeline) -> None:
     prompts = held_out_prompts(PROMPTS, seed=1)
     one_shape = evaluate_generation(pipeline, prompts, size=64, seed=1, batch=PROMPTS)["one shape"]
     assert one_shape.rate("background") >= 0.75, one_shape.line("one shape")
-    assert one_shape.rate("colour") >= 0.5, one_shape.line("one shape")
+    assert one_shape.rate("colour") >= 0.75, one_shape.line("one shape")
+    assert one_shape.rate("kind") >= 0.5, one_shape.line("one shape")
 
 
 def test_inpainting_keeps_the_rest_and_interpolation_moves(pipeline: UnCLIPPipeline) -> None:

@@ -175,3 +175,23 @@ def test_a_patched_upsampler_keeps_its_output_size_and_input() -> None:
 
     assert out.shape == (1, 3, 64, 64)
     assert not torch.allclose(out, upsampler(x, torch.tensor([100]), -low_res))
+
+
+def test_position_embedding_starts_as_a_no_op_and_learns() -> None:
+    torch.manual_seed(0)
+    plain = randomise_zeros(DecoderUNet(TINY.decoder))
+    placed = DecoderUNet(dataclasses.replace(TINY.decoder, position_embedding=True)).eval()
+    missing, unexpected = placed.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["position"] and not unexpected
+    assert placed.position.shape == (TINY.decoder.model_channels, 64, 64)
+    inputs = decoder_inputs()
+
+    out = placed(**inputs)  # weights trained without it continue unchanged
+    with torch.no_grad():
+        assert torch.equal(out, plain(**inputs))
+    out.square().sum().backward()
+    assert placed.position.grad.abs().sum() > 0  # and it trains from its zero start
+
+    with torch.no_grad():
+        placed.position.copy_(torch.randn(placed.position.shape))
+        assert not torch.allclose(placed(**inputs), out)

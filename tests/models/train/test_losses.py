@@ -58,13 +58,24 @@ def test_min_snr_weighting_keeps_noisy_steps_and_damps_clean_ones() -> None:
     )
 
 
-def test_x0_loss_is_plain_mse_to_x0() -> None:
+def test_x0_loss_is_mse_to_x0_unweighted_when_asked() -> None:
     schedule = TrainingSchedule(DiffusionConfig(predict="x0"))
     x0, noise, t, x_t = noised(schedule, (5, 16))
     loss, _ = diffusion_loss(schedule, x0, x0, x_t, t, noise)
     assert torch.allclose(loss, torch.zeros(5))
-    loss, _ = diffusion_loss(schedule, x0 + 0.5, x0, x_t, t, noise)
+    loss, _ = diffusion_loss(schedule, x0 + 0.5, x0, x_t, t, noise, min_snr_gamma=None)
     assert torch.allclose(loss, torch.full((5,), 0.25))
+
+
+def test_x0_weighting_is_snr_clamped_to_one_and_gamma() -> None:
+    schedule = TrainingSchedule(DiffusionConfig(predict="x0"))
+    x0, noise = torch.zeros(3, 3, 4, 4), torch.zeros(3, 3, 4, 4)
+    middle = int((schedule.snr - 2.0).abs().argmin())  # SNR ≈ 2: between the clamps
+    t = torch.tensor([0, middle, 999])
+    weighted, _ = diffusion_loss(schedule, torch.ones(3, 3, 4, 4), x0, x0, t, noise)  # squared error 1
+    assert weighted[0] == pytest.approx(MIN_SNR_GAMMA)  # nearly clean: capped at γ
+    assert weighted[1] == pytest.approx(float(schedule.snr[middle]), rel=1e-5) and 1.5 < weighted[1] < 2.5
+    assert weighted[2] == pytest.approx(1.0)  # nearly pure noise: the plain x0 loss
 
 
 def test_variance_bound_is_zero_for_the_true_posterior_and_trains_only_v() -> None:
