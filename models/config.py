@@ -193,6 +193,7 @@ class SamplingDefaults(_JSONConfig):
     prior_guidance: float = 4.0
     decoder_steps: int = 25
     decoder_guidance: float = 8.0
+    inversion_guidance: float = 1.0
     sr256_steps: int = 7
     sr1024_steps: int = 7
 

@@ -22,6 +22,11 @@ def _sampling_flags(parser: argparse.ArgumentParser) -> None:
                         help="PNG path; several images get _0, _1, ... before the suffix")
 
 
+def _inversion_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--inversion-guidance", type=float,
+                        help="decoder guidance of the DDIM inversion (default 1: none)")
+
+
 def _server_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=None)
     parser.add_argument("--port", type=int, default=None)
@@ -48,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     vary = commands.add_parser("vary", help="variations of an image, in-process")
     vary.add_argument("image", type=Path)
     vary.add_argument("--n", type=int, default=1)
-    vary.add_argument("--eta", type=float, default=None, help="0 reconstructs; larger varies more")
+    vary.add_argument("--eta", type=float, default=None, help="0 keeps closest to the image; more varies")
     _sampling_flags(vary)
+    _inversion_flag(vary)
 
     interpolate = commands.add_parser("interpolate", help="frames between two images, in-process")
     interpolate.add_argument("image_a", type=Path)
@@ -58,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     interpolate.add_argument("--latent", choices=("slerp", "fixed"), default="slerp",
                              help="slerp between both images' inverted noise, or one fixed random noise")
     _sampling_flags(interpolate)
+    _inversion_flag(interpolate)
 
     text_diff = commands.add_parser("text-diff", help="move an image toward a caption, in-process")
     text_diff.add_argument("image", type=Path)
@@ -65,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     text_diff.add_argument("--source-caption", default="a photo")
     text_diff.add_argument("--frames", type=int, default=5)
     _sampling_flags(text_diff)
+    _inversion_flag(text_diff)
 
     inpaint = commands.add_parser("inpaint", help="repaint the white area of a mask, in-process")
     inpaint.add_argument("image", type=Path)

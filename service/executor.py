@@ -25,7 +25,14 @@ if TYPE_CHECKING:
     from models.pipeline import ProgressCallback, UnCLIPPipeline
 
 OPS = ("generate", "variation", "interpolate", "text_diff", "inpaint")
-SAMPLING_FIELDS = ("size", "prior_steps", "decoder_steps", "prior_guidance", "decoder_guidance")
+SAMPLING_FIELDS = (
+    "size",
+    "prior_steps",
+    "decoder_steps",
+    "prior_guidance",
+    "decoder_guidance",
+    "inversion_guidance",
+)
 T = TypeVar("T")
 
 

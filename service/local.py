@@ -83,6 +83,7 @@ def sampling_of(pipeline: UnCLIPPipeline, args: argparse.Namespace) -> Sampling:
         decoder_steps=args.decoder_steps,
         prior_guidance=args.prior_guidance,
         decoder_guidance=args.decoder_guidance,
+        inversion_guidance=getattr(args, "inversion_guidance", None),  # the commands that invert
     )
 
 

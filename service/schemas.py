@@ -50,6 +50,18 @@ class SamplingParams(BaseModel):
     )
 
 
+class InvertingParams(SamplingParams):
+    """The operations that start from an image's DDIM-inverted noise: variation, interpolate, text_diff."""
+
+    inversion_guidance: float | None = Field(
+        None,
+        ge=0,
+        le=50,
+        description="Classifier-free guidance of the DDIM inversion (default 1: none, the most faithful); "
+        "equal to decoder_guidance, eta 0 returns to the image itself.",
+    )
+
+
 class GenerateRequest(SamplingParams):
     """Text → `n` images."""
 
@@ -58,16 +70,22 @@ class GenerateRequest(SamplingParams):
     n: ImageCount = 1
 
 
-class VariationRequest(SamplingParams):
+class VariationRequest(InvertingParams):
     """An image → `n` variations that keep its content and style."""
 
     op: Literal["variation"]
     image: Base64Image
     n: ImageCount = 1
-    eta: float = Field(0.5, ge=0, le=1, description="0 reconstructs the image; larger varies more.")
+    eta: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="0 stays closest to the image (returns to it when inversion_guidance equals "
+        "decoder_guidance); larger varies more.",
+    )
 
 
-class InterpolateRequest(SamplingParams):
+class InterpolateRequest(InvertingParams):
     """Two images → `frames` images blending from the first to the second."""
 
     op: Literal["interpolate"]
@@ -79,7 +97,7 @@ class InterpolateRequest(SamplingParams):
     )
 
 
-class TextDiffRequest(SamplingParams):
+class TextDiffRequest(InvertingParams):
     """An image → `frames` images moving it from `source_caption` toward `prompt`."""
 
     op: Literal["text_diff"]

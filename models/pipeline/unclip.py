@@ -121,7 +121,8 @@ class UnCLIPPipeline:
         eta: float = 0.5,
         progress: ProgressCallback | None = None,
     ) -> list[Image.Image]:
-        """Decode z_i = CLIP(image) from the image's own DDIM-inverted x_T; eta 0 reconstructs it."""
+        """Decode z_i = CLIP(image) from the image's own DDIM-inverted x_T; eta 0 stays closest to
+        the image (returns to it when `inversion_guidance` equals `decoder_guidance`)."""
         _same_length(images=images, seeds=seeds)
         self._check_size(sampling)
         if eta < 0:
@@ -142,7 +143,15 @@ class UnCLIPPipeline:
         sampling: Sampling,
         progress: ProgressCallback | None = None,
     ) -> list[Image.Image]:
-        """Repaint where a mask is 255 following the prompt; every stage keeps the other pixels."""
+        """Repaint where a mask is 255 following the prompt; every stage keeps the other pixels.
+
+        The decoder is conditioned on the prompt's tokens alone, z_i zeroed as in its training rows with
+        the image embedding dropped (GLIDE's inpainting conditioning). A prior sample would describe a
+        whole new picture, background included, which the decoder then paints into the hole: on the
+        shapes model a patch of another background and no green square 8 times out of 8 for "a green
+        square", against a green shape on the image's own background 8 times out of 8 (4 read as squares)
+        text-only.
+        """
         _same_length(images=images, masks=masks, prompts=prompts, seeds=seeds)
         self._check_size(sampling)
         for index, (image, mask) in enumerate(zip(images, masks, strict=True)):
@@ -157,9 +166,9 @@ class UnCLIPPipeline:
 
         generators = item_generators(seeds)
         text = self._text(prompts)
-        image_embed = self._prior(text, generators, sampling, progress)
         region = region_at(self._decoder_size)
-        condition = DecoderCondition(image_embed, text.states, text.mask)
+        no_image_embed = text.embeds.new_zeros(len(prompts), self.models.config.clip.embed_dim)
+        condition = DecoderCondition(no_image_embed, text.states, text.mask)
         if self.models.decoder.supports_inpainting:  # GLIDE's input; others rely on the region alone
             condition = dataclasses.replace(condition, inpaint_image=region.image, inpaint_known=region.known)
         noise = self._noise(generators, self._decoder_size)
@@ -312,9 +321,9 @@ class UnCLIPPipeline:
         sampling: Sampling,
         progress: ProgressCallback | None,
     ) -> torch.Tensor:
-        """DDIM inversion through the same guided decoder that eta=0 sampling then runs backwards."""
+        """DDIM inversion through the decoder at `inversion_guidance` (see `Sampling`)."""
         diffusion = self._diffusion("decoder", sampling.decoder_steps)
-        denoise = decoder_denoiser(self.models.decoder, condition, sampling.decoder_guidance)
+        denoise = decoder_denoiser(self.models.decoder, condition, sampling.inversion_guidance)
         clamp = self._image_clamp("decoder", None)
         return diffusion.invert(denoise, x0, clamp=clamp, on_step=stage_reporter(progress, "invert"))
 

@@ -118,6 +118,8 @@ def test_variation_and_inpaint_decode_their_images() -> None:
     assert [mean_colour(image) for image in images] == [colour(3 + i, "(10, 200, 30)0.25") for i in range(2)]
     key = executor.batch_key("variation", variation)
     assert key != executor.batch_key("variation", variation | {"eta": 0.5})
+    inverted_guided = executor.batch_key("variation", variation | {"inversion_guidance": 8.0})
+    assert inverted_guided != key and inverted_guided.sampling.inversion_guidance == 8.0
 
     mask = Image.new("L", (32, 32), 255)
     inpaint = {"image": png_base64(source), "mask": png_base64(mask), "prompt": "a hat", "n": 1, "seed": 9,

@@ -45,6 +45,7 @@ class FakeSampling:
     prior_guidance: float = 4.0
     decoder_steps: int = 2
     decoder_guidance: float = 8.0
+    inversion_guidance: float = 1.0
     sr256_steps: int = 1
     sr1024_steps: int = 1
 

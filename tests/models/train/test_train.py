@@ -10,7 +10,14 @@ from models.config import named_config
 from models.tokenizer import build_tokenizer
 from models.train import data, decoder, losses, upsample
 from models.train.cli import main
-from models.train.loop import ema_decay, learning_rate, state_path, train_stage, update_ema
+from models.train.loop import (
+    ema_decay,
+    learning_rate,
+    mixed_precision,
+    state_path,
+    train_stage,
+    update_ema,
+)
 from models.train.shapes import caption_words
 from models.train.stage import PoolSizes, StageSettings, TrainingData
 from models.train.train import STAGES, TrainOptions, train
@@ -238,3 +245,12 @@ def test_ema_moves_a_fraction_toward_the_weights_and_warms_up() -> None:
     warm = StageSettings(steps=10, batch_size=1, lr=1.0, warmup=4, ema_decay=0.999)
     assert ema_decay(warm, 0) == pytest.approx(0.1) and ema_decay(warm, 10**6) == 0.999
     assert [learning_rate(warm, s) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+
+
+def test_matrix_products_train_in_bf16_where_the_cpu_has_bf16_kernels() -> None:
+    layer = torch.nn.Linear(4, 4)
+    with mixed_precision(torch.device("cpu")):
+        out = layer(torch.randn(2, 4))
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()  # AVX-512 BF16 / AMX
+    assert out.dtype == (torch.bfloat16 if native else torch.float32)
+    assert layer.weight.dtype == torch.float32  # the weights (and AdamW's state) stay float32
