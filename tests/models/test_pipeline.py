@@ -586,6 +586,27 @@ def test_inpaint_upsamplers_keep_the_known_pixels(pipeline: UnCLIPPipeline) -> N
     assert np.abs(pixels(painted)[:, :128] - pixels(image)[:, :128]).mean() > 10
 
 
+def test_inpaint_conditions_the_decoder_on_the_prompt_alone(
+    pipeline: UnCLIPPipeline, fast: Sampling, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoder, seen = pipeline.models.decoder, []
+    forward = decoder.forward
+
+    def recording(x, t, image_embed, text_states, text_mask, *inpainting):
+        seen.append((image_embed.clone(), text_mask.clone()))
+        return forward(x, t, image_embed, text_states, text_mask, *inpainting)
+
+    monkeypatch.setattr(decoder, "forward", recording)
+    reports: list[Progress] = []
+    pipeline.inpaint([picture(0)], [half_mask()], ["a circle"], [0], fast, progress=reports.append)
+
+    assert {report.stage for report in reports} == {"decoder"}  # no prior sample
+    assert len(seen) == fast.decoder_steps
+    for image_embed, text_mask in seen:  # rows [conditioned, guidance null]
+        assert not image_embed.any()
+        assert text_mask[0].any() and not text_mask[1].any()
+
+
 def test_inpaint_refuses_a_mask_of_another_size(pipeline: UnCLIPPipeline, fast: Sampling) -> None:
     with pytest.raises(ValueError, match="same size"):
         pipeline.inpaint([picture(0)], [half_mask(32)], ["a circle"], [0], fast)
