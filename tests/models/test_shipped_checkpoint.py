@@ -2,10 +2,10 @@
 small enough to ship, and drawing what its prompts say (the whole stack's end-to-end check, at 64 px
 so that it runs in seconds).
 
-The thresholds are what the shipped, partly trained weights hold with room to spare (these 12 prompts:
-backgrounds, colours 12/12 and kinds 8/12; README, "The shipped model", for the full evaluation), far
-above chance (1 in 8 colours, 1 in 3 kinds): a broken stage, conditioning or sampler falls to chance.
-Raise them as training goes on."""
+The thresholds are what the shipped weights hold with room to spare (these prompts: backgrounds, colours
+12/12, kinds 11/12, two-shape prompts 6/12; README, "The shipped model", for the full evaluation), far
+above chance (1 in 8 colours, 1 in 3 kinds, far less for two bound shapes): a broken stage, conditioning
+or sampler falls to chance. Raise them as training goes on."""
 
 import pytest
 import torch
@@ -34,13 +34,18 @@ def test_the_trained_checkpoint_ships_and_is_the_default() -> None:
 
 def test_held_out_prompts_get_their_colours_and_kinds(pipeline: UnCLIPPipeline) -> None:
     prompts = held_out_prompts(PROMPTS, seed=1)
-    one_shape = evaluate_generation(pipeline, prompts, size=64, seed=1, batch=PROMPTS)["one shape"]
-    assert one_shape.rate("background") >= 0.75, one_shape.line("one shape")
-    assert one_shape.rate("colour") >= 0.75, one_shape.line("one shape")
-    assert one_shape.rate("kind") >= 0.5, one_shape.line("one shape")
+    results = evaluate_generation(pipeline, prompts, size=64, seed=1, batch=PROMPTS)
+    one_shape, two_shapes = results["one shape"], results["two shapes"]
+    assert one_shape.rate("background") >= 0.9, one_shape.line("one shape")
+    assert one_shape.rate("colour") >= 0.9, one_shape.line("one shape")
+    assert one_shape.rate("kind") >= 0.75, one_shape.line("one shape")
+    assert two_shapes.rate() >= 0.25, two_shapes.line("two shapes")
 
 
-def test_inpainting_keeps_the_rest_and_interpolation_moves(pipeline: UnCLIPPipeline) -> None:
+def test_operations_keep_what_they_should(pipeline: UnCLIPPipeline) -> None:
+    # What held on all of seeds 0-4; whether the middle interpolation frame is in between (4 of 5 seeds),
+    # a variation moved (65 %) and the text diff ended blue (2 of 5) is left to `unclip evaluate`.
     results = evaluate_operations(pipeline, size=64, seed=1)
-    assert results["inpaint"]["rest kept"] == 1.0, results
-    assert results["interpolation"]["passes between"] == 1.0, results
+    assert results["variation"]["kept colour and kind"] == 1.0, results
+    assert results["interpolation"]["starts like a"] == results["interpolation"]["ends like b"] == 1.0
+    assert results["inpaint"] == {"green square in the corner": 1.0, "rest kept": 1.0}, results
