@@ -193,7 +193,9 @@ class SamplingDefaults(_JSONConfig):
     prior_guidance: float = 4.0
     decoder_steps: int = 25
     decoder_guidance: float = 8.0
+    decoder_image_guidance: float | None = None
     inversion_guidance: float = 1.0
+    text_diff_strength: float = 0.5
     sr256_steps: int = 7
     sr1024_steps: int = 7
 

@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("prompt")
     generate.add_argument("--n", type=int, default=1)
     _sampling_flags(generate)
+    generate.add_argument("--decoder-image-guidance", type=float,
+                          help="decoder guidance of the prior's z_i apart from the caption's")
 
     vary = commands.add_parser("vary", help="variations of an image, in-process")
     vary.add_argument("image", type=Path)
@@ -71,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     text_diff.add_argument("prompt")
     text_diff.add_argument("--source-caption", default="a photo")
     text_diff.add_argument("--frames", type=int, default=5)
+    text_diff.add_argument("--strength", type=float,
+                           help="how far the last frame goes toward the prompt (default: the checkpoint's)")
     _sampling_flags(text_diff)
     _inversion_flag(text_diff)
 

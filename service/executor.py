@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from PIL import Image
 
+from service.schemas import VARIATION_ETA
+
 if TYPE_CHECKING:
     from models.pipeline import ProgressCallback, UnCLIPPipeline
 
@@ -31,7 +33,9 @@ SAMPLING_FIELDS = (
     "decoder_steps",
     "prior_guidance",
     "decoder_guidance",
+    "decoder_image_guidance",
     "inversion_guidance",
+    "text_diff_strength",
 )
 T = TypeVar("T")
 
@@ -173,7 +177,7 @@ class Executor:
     @staticmethod
     def _options(op: str, params: dict[str, Any]) -> dict[str, Any]:
         if op == "variation":
-            return {"eta": float(params.get("eta", 0.5))}
+            return {"eta": float(params.get("eta", VARIATION_ETA))}
         if op == "interpolate":
             return {"frames": image_count(op, params), "latent": params.get("latent") or "slerp"}
         if op == "text_diff":

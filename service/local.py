@@ -83,7 +83,9 @@ def sampling_of(pipeline: UnCLIPPipeline, args: argparse.Namespace) -> Sampling:
         decoder_steps=args.decoder_steps,
         prior_guidance=args.prior_guidance,
         decoder_guidance=args.decoder_guidance,
+        decoder_image_guidance=getattr(args, "decoder_image_guidance", None),  # generate
         inversion_guidance=getattr(args, "inversion_guidance", None),  # the commands that invert
+        text_diff_strength=getattr(args, "strength", None),  # text-diff
     )
 
 

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.settings import Settings
 
+VARIATION_ETA = 1.0  # models.pipeline.unclip.VARIATION_ETA, which says why (the gateway runs without torch)
+
 Size = Literal[64, 256, 1024]
 SEED_MAX = 2**63 - 1
 IMAGE_FIELDS = ("image", "image_a", "image_b", "mask")
@@ -68,6 +70,14 @@ class GenerateRequest(SamplingParams):
     op: Literal["generate"]
     prompt: Prompt
     n: ImageCount = 1
+    decoder_image_guidance: float | None = Field(
+        None,
+        ge=0,
+        le=50,
+        description="Decoder guidance of the prior's image embedding apart from the caption's, which "
+        "keeps decoder_guidance. Unset: the checkpoint's default (3 for the shipped model; a checkpoint "
+        "without one: decoder_guidance, plain classifier-free guidance).",
+    )
 
 
 class VariationRequest(InvertingParams):
@@ -77,7 +87,7 @@ class VariationRequest(InvertingParams):
     image: Base64Image
     n: ImageCount = 1
     eta: float = Field(
-        0.5,
+        VARIATION_ETA,
         ge=0,
         le=1,
         description="0 stays closest to the image (returns to it when inversion_guidance equals "
@@ -105,6 +115,13 @@ class TextDiffRequest(InvertingParams):
     prompt: Prompt
     source_caption: str = Field("a photo", min_length=1, description="What the image shows now.")
     frames: FrameCount = 5
+    text_diff_strength: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="How far the last frame goes toward the prompt (slerp fraction; the checkpoint's "
+        "default when unset: 0.75 for the shipped model, 0.5 in the paper).",
+    )
 
 
 class InpaintRequest(SamplingParams):

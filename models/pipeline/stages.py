@@ -154,17 +154,42 @@ def concat_conditions(first: DecoderCondition, second: DecoderCondition) -> Deco
     return DecoderCondition(*(join(a, b) for a, b in zip(first.tensors(), second.tensors(), strict=True)))
 
 
-def decoder_denoiser(decoder: DecoderUNet, condition: DecoderCondition, guidance: float) -> Denoiser:
-    """x_t `[B, 3, 64, 64]` → guided output `[B, out_channels, 64, 64]` (a learned variance is unguided)."""
+def decoder_denoiser(
+    decoder: DecoderUNet, condition: DecoderCondition, guidance: float, image_guidance: float | None = None
+) -> Denoiser:
+    """x_t `[B, 3, 64, 64]` → guided output `[B, out_channels, 64, 64]` (a learned variance is unguided).
+
+    Classifier-free guidance, null + guidance·(full − null), or with `image_guidance` z_i's pull apart from
+    the caption's:
+        null + image_guidance·(image − null) + guidance·(full − image),
+    with full = the output for the whole condition and image = for z_i without the caption. Without a
+    caption (full = image) that is plain guidance at `image_guidance`, without z_i (image = null) at
+    `guidance`: one decoder pass fewer.
+    """
 
     def run(x: torch.Tensor, t: torch.Tensor, c: DecoderCondition) -> torch.Tensor:
         output = decoder(x, t, c.image_embed, c.text_states, c.text_mask, c.inpaint_image, c.inpaint_known)
         return full_precision(output)
 
-    if guidance == 1.0:  # the unconditional half would cancel out: skip it
+    if image_guidance is None or not condition.image_embed.any():
+        image_guidance = guidance
+    elif not condition.text_mask.any():
+        guidance = image_guidance
+    if guidance == image_guidance == 1.0:  # the unconditional half would cancel out: skip it
         return lambda x, t: run(x, t, condition)
-    pair = concat_conditions(condition, condition.null())  # built once, not per step
-    return classifier_free_guidance(lambda x, t: run(x, t, pair), guidance, channels=3)
+    if guidance == image_guidance:
+        pair = concat_conditions(condition, condition.null())  # built once, not per step
+        return classifier_free_guidance(lambda x, t: run(x, t, pair), guidance, channels=3)
+    image_only = replace(condition, text_mask=torch.zeros_like(condition.text_mask))
+    triple = concat_conditions(concat_conditions(condition, image_only), condition.null())
+
+    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        outputs = run(torch.cat([x] * 3), torch.cat([t] * 3), triple)
+        full, image, null = outputs[:, :3].chunk(3)
+        guided = null + image_guidance * (image - null) + guidance * (full - image)
+        return torch.cat([guided, outputs[: len(x), 3:]], dim=1)  # a learned variance: the full condition's
+
+    return denoise
 
 
 # Upsamplers -------------------------------------------------------------------------------------------

@@ -6,15 +6,17 @@
    edges are such blends, so they join the right shape, and the α = 0.5 contour is where the true edge
    was: areas come out unbiased.
 3. Connected components of equal colour (4-neighbours); specks under `MIN_AREA` are noise.
-4. Kind from geometry, by the nearest of three prototypes of (fill of the bounding box, fill of its top
-   quarter, fill of its bottom quarter): square (1, 1, 1), circle (π/4, 0.614, 0.614), upright triangle
-   (1/2, 1/8, 7/8). Size and position from the bounding box, with the thresholds halfway between
-   the classes of `shapes.py`.
+4. Kind from geometry: the kind whose ideal silhouette, given the component's area and centroid, overlaps
+   it most (intersection over union). Areas and centroids average over every pixel, so a ragged edge or
+   a rounded corner moves them little, where features of the bounding box would follow one stray pixel.
+   Size and position from the bounding box, with the thresholds halfway between the classes of
+   `shapes.py`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,13 +31,6 @@ SMALL_LARGE_SPLIT = (SIZES["small"][1] + SIZES["large"][0]) / 2
 
 _NAMES = tuple(COLOURS)
 _PALETTE = np.array([COLOURS[n] for n in _NAMES], dtype=np.float32)  # [K, 3]
-# The top quarter of a unit-diameter circle: segment area r²·acos(1/2) - (r/2)·√(r² - r²/4), r = 1/2, per 1/4.
-_CIRCLE_QUARTER = math.acos(0.5) - math.sqrt(0.1875)
-KIND_PROTOTYPES: dict[str, tuple[float, float, float]] = {
-    "square": (1.0, 1.0, 1.0),
-    "circle": (math.pi / 4, _CIRCLE_QUARTER, _CIRCLE_QUARTER),
-    "triangle": (0.5, 0.125, 0.875),
-}
 
 
 @dataclass(frozen=True)
@@ -145,27 +140,47 @@ def label_components(labels: np.ndarray) -> np.ndarray:
 
 def _describe(ys: np.ndarray, xs: np.ndarray, side: int, colour: str) -> FoundShape:
     x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
-    width, height = x1 - x0, y1 - y0
-    band = max(1, round(height / 4))
-    rows = np.bincount(ys - y0, minlength=height)  # filled pixels per row of the box
-    features = np.array(
-        [
-            len(ys) / (width * height),
-            rows[:band].sum() / (band * width),
-            rows[-band:].sum() / (band * width),
-        ]
-    )
-    kind = min(KIND_PROTOTYPES, key=lambda k: float(((features - KIND_PROTOTYPES[k]) ** 2).sum()))
-    extent = max(width, height) / side
+    extent = max(x1 - x0, y1 - y0) / side
     box = (x0 / side, y0 / side, x1 / side, y1 / side)
     return FoundShape(
-        kind=kind,
+        kind=_kind(ys, xs),
         colour=colour,
         size="small" if extent <= SMALL_LARGE_SPLIT else "large",
         position=_position((box[0] + box[2]) / 2 - 0.5, (box[1] + box[3]) / 2 - 0.5),
         area=len(ys) / side**2,
         box=box,
     )
+
+
+# Ideal silhouettes of area A centred (centroid) at the origin, as a test of offsets (dx, dy), y down.
+Silhouette = Callable[[np.ndarray, np.ndarray, float], np.ndarray]
+SILHOUETTES: dict[str, Silhouette] = {
+    "square": lambda dx, dy, a: np.maximum(abs(dx), abs(dy)) <= math.sqrt(a) / 2,
+    "circle": lambda dx, dy, a: dx**2 + dy**2 <= a / math.pi,
+    # Base = height = e = √(2A); the centroid lies e/3 above the base, so the apex is 2e/3 above it.
+    "triangle": lambda dx, dy, a: (
+        (dy <= math.sqrt(2 * a) / 3) & (abs(dx) <= (dy + 2 * math.sqrt(2 * a) / 3) / 2)
+    ),
+}
+
+
+def _kind(ys: np.ndarray, xs: np.ndarray) -> str:
+    """The kind of the component at pixels (ys, xs): its best-overlapping ideal silhouette."""
+    area = len(ys)
+    cy, cx = ys.mean(), xs.mean()
+    reach = math.sqrt(2 * area)  # the largest silhouette (the triangle's side) fits within ±reach
+    top, left = math.floor(min(ys.min(), cy - reach)), math.floor(min(xs.min(), cx - reach))
+    bottom, right = math.ceil(max(ys.max(), cy + reach)) + 1, math.ceil(max(xs.max(), cx + reach)) + 1
+    member = np.zeros((bottom - top, right - left), bool)
+    member[ys - top, xs - left] = True
+    dy, dx = np.mgrid[top:bottom, left:right].astype(np.float64)
+    dy, dx = dy - cy, dx - cx
+
+    def overlap(kind: str) -> float:
+        ideal = SILHOUETTES[kind](dx, dy, area)
+        return (ideal & member).sum() / (ideal | member).sum()
+
+    return max(SILHOUETTES, key=overlap)
 
 
 def _position(dx: float, dy: float) -> str:

@@ -12,7 +12,9 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from models.train.data import DEFAULT_CACHE
 from models.train.stage import PoolSizes
@@ -48,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--batch", type=int, default=8)
     check.add_argument("--device", default="auto")
     check.add_argument("--seed", type=int, default=0)
+    check.add_argument("--repeats", type=int, default=1, help="prompt sets (more pictures, less noise)")
     check.add_argument("--prior-steps", type=int)
     check.add_argument("--decoder-steps", type=int)
     check.add_argument("--sr-steps", type=int, help="steps of each upsampler")
@@ -87,9 +90,28 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _picture_saver(folder: Path, seed: int) -> Callable[..., None]:
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def save(prompt: Any, picture: Any, found: Any) -> None:
+        picture.save(folder / f"{seed}_{prompt.text.replace(' ', '_').replace(',', '')}.png")
+
+    return save
+
+
+REPEAT_SEEDS = 1000  # apart, so that no two repeats share a picture's noise
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     from models.pipeline import UnCLIPPipeline
-    from models.train.evaluate import evaluate_generation, evaluate_operations, held_out_prompts, report
+    from models.train.evaluate import (
+        CATEGORIES,
+        CategoryResult,
+        evaluate_generation,
+        evaluate_operations,
+        held_out_prompts,
+        report,
+    )
 
     pipeline = UnCLIPPipeline.from_checkpoint(args.checkpoint, device=args.device)
     overrides = {
@@ -98,22 +120,26 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "sr256_steps": args.sr_steps,
         "sr1024_steps": args.sr_steps,
     }
-    prompts = held_out_prompts(args.prompts, args.seed)
+    # Repeat r words the prompts afresh (prompt seed + r), draws noise from seeds REPEAT_SEEDS·r on and
+    # checks the operations on inputs of that seed; the figures are over all repeats.
+    repeats = [
+        (held_out_prompts(args.prompts, args.seed + r), args.seed + REPEAT_SEEDS * r)
+        for r in range(args.repeats)
+    ]
     generation, operations = {}, {}
     for size in args.sizes:
-        save = None
-        if args.images is not None:
-            folder = args.images / str(size)
-            folder.mkdir(parents=True, exist_ok=True)
-
-            def save(prompt, picture, found, folder=folder) -> None:
-                picture.save(folder / f"{prompt.text.replace(' ', '_').replace(',', '')}.png")
-
-        generation[size] = evaluate_generation(
-            pipeline, prompts, size, args.seed, args.batch, overrides, save
-        )
+        generation[size] = {category: CategoryResult() for category in CATEGORIES}
+        for prompts, seed in repeats:
+            save = None if args.images is None else _picture_saver(args.images / str(size), seed)
+            results = evaluate_generation(pipeline, prompts, size, seed, args.batch, overrides, save)
+            for category, result in results.items():
+                generation[size][category].merge(result)
         if not args.no_operations:
-            operations[size] = evaluate_operations(pipeline, size, args.seed, overrides)
+            runs = [evaluate_operations(pipeline, size, seed, overrides) for _, seed in repeats]
+            operations[size] = {
+                op: {check: sum(run[op][check] for run in runs) / len(runs) for check in checks}
+                for op, checks in runs[0].items()
+            }
     print(report(generation, operations))
     if args.json is not None:
         figures = {

@@ -151,6 +151,11 @@ class CategoryResult:
         for name, passed in checks.items():
             self.checks[name] = self.checks.get(name, 0) + int(passed)
 
+    def merge(self, other: CategoryResult) -> None:
+        self.total += other.total
+        for name, passed in other.checks.items():
+            self.checks[name] = self.checks.get(name, 0) + passed
+
     def rate(self, name: str = "correct") -> float:
         return self.checks.get(name, 0) / self.total if self.total else float("nan")
 

@@ -84,6 +84,8 @@ def test_sampling_starts_from_the_checkpoint_defaults_and_none_keeps_them(pipeli
     [
         ({"size": 512}, "size must be one of"),
         ({"decoder_steps": 0}, "decoder_steps"),
+        ({"text_diff_strength": 0.0}, "text_diff_strength"),
+        ({"text_diff_strength": 1.5}, "text_diff_strength"),
         ({"steps": 3}, "unknown"),
     ],
 )
@@ -316,6 +318,39 @@ def test_decoder_guidance_one_is_the_unguided_prediction_and_the_null_is_zero_z_
 
 
 @torch.no_grad()
+def test_decoder_image_guidance_scales_z_i_apart_from_the_caption(pipeline: UnCLIPPipeline) -> None:
+    decoder = pipeline.models.decoder
+    x, t, condition = decoder_inputs(pipeline)
+    no_text, no_z = torch.zeros_like(condition.text_mask), torch.zeros_like(condition.image_embed)
+    full = decoder(x, t, condition.image_embed, condition.text_states, condition.text_mask)[:, :3]
+    image = decoder(x, t, condition.image_embed, condition.text_states, no_text)[:, :3]
+    text = decoder(x, t, no_z, condition.text_states, condition.text_mask)[:, :3]
+    null = decoder(x, t, no_z, condition.text_states, no_text)[:, :3]
+
+    def guided(c: DecoderCondition, scale: float, image_scale: float | None) -> torch.Tensor:
+        return decoder_denoiser(decoder, c, scale, image_scale)(x, t)[:, :3]
+
+    expected = null + 2.0 * (image - null) + 5.0 * (full - image)
+    assert torch.allclose(guided(condition, 5.0, 2.0), expected, atol=1e-4)
+    assert torch.allclose(guided(condition, 3.0, 3.0), guided(condition, 3.0, None), atol=1e-5)
+    assert not torch.allclose(guided(condition, 5.0, 2.0), guided(condition, 5.0, None), atol=1e-3)
+    # Without a caption full = image: z_i's scale alone counts; without z_i image = null: the caption's.
+    captionless = dataclasses.replace(condition, text_mask=no_text)
+    assert torch.allclose(guided(captionless, 5.0, 2.0), null + 2.0 * (image - null), atol=1e-4)
+    imageless = dataclasses.replace(condition, image_embed=no_z)
+    assert torch.allclose(guided(imageless, 5.0, 2.0), null + 5.0 * (text - null), atol=1e-4)
+
+
+def test_only_generation_guides_z_i_apart(pipeline: UnCLIPPipeline, fast: Sampling) -> None:
+    split = dataclasses.replace(fast, decoder_image_guidance=2.0)
+    plain, apart = (pipeline.generate(["a red circle"], [0], s)[0] for s in (fast, split))
+    assert not np.array_equal(pixels(plain), pixels(apart))
+    # a variation's condition is z_i alone, which keeps decoder_guidance
+    same, also = (pipeline.variation([picture(0)], [0], s)[0] for s in (fast, split))
+    assert np.array_equal(pixels(same), pixels(also))
+
+
+@torch.no_grad()
 def test_prior_guidance_one_is_the_unguided_prediction(pipeline: UnCLIPPipeline) -> None:
     prior = pipeline.models.prior
     text = pipeline.models.clip.encode_text(pipeline.models.tokenizer.encode(["a red circle", "blue"])[0])
@@ -537,6 +572,11 @@ def test_text_diff_starts_at_the_image_and_moves_away_from_it(gaussian_pipeline:
     distances = [np.abs(pixels(frame) - pixels(image)).mean() for frame in frames]
     assert distances[0] < 2.0
     assert distances[0] < distances[1] < distances[2]
+
+    further = dataclasses.replace(sampling, text_diff_strength=2 * sampling.text_diff_strength)
+    [again] = gaussian_pipeline.text_diff([image], ["a red square"], ["a photo"], [0], further, frames=3)
+    assert np.array_equal(pixels(again[0]), pixels(frames[0]))  # θ = 0 either way
+    assert np.abs(pixels(again[2]) - pixels(image)).mean() > distances[2]  # went further toward the prompt
 
 
 def test_slerp_keeps_unit_vectors_on_the_sphere_and_splits_the_angle() -> None:

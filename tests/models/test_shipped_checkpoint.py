@@ -3,7 +3,7 @@ small enough to ship, and drawing what its prompts say (the whole stack's end-to
 so that it runs in seconds).
 
 The thresholds are what the shipped weights hold with room to spare (these prompts: backgrounds, colours
-12/12, kinds 11/12, two-shape prompts 6/12; README, "The shipped model", for the full evaluation), far
+and kinds 12/12, two-shape prompts 7/12; README, "The shipped model", for the full evaluation), far
 above chance (1 in 8 colours, 1 in 3 kinds, far less for two bound shapes): a broken stage, conditioning
 or sampler falls to chance. Raise them as training goes on."""
 
@@ -38,14 +38,17 @@ def test_held_out_prompts_get_their_colours_and_kinds(pipeline: UnCLIPPipeline) 
     one_shape, two_shapes = results["one shape"], results["two shapes"]
     assert one_shape.rate("background") >= 0.9, one_shape.line("one shape")
     assert one_shape.rate("colour") >= 0.9, one_shape.line("one shape")
-    assert one_shape.rate("kind") >= 0.75, one_shape.line("one shape")
-    assert two_shapes.rate() >= 0.25, two_shapes.line("two shapes")
+    assert one_shape.rate("kind") >= 0.9, one_shape.line("one shape")
+    assert two_shapes.rate() >= 0.4, two_shapes.line("two shapes")
 
 
 def test_operations_keep_what_they_should(pipeline: UnCLIPPipeline) -> None:
-    # What held on all of seeds 0-4; whether the middle interpolation frame is in between (4 of 5 seeds),
-    # a variation moved (65 %) and the text diff ended blue (2 of 5) is left to `unclip evaluate`.
+    # Seed 1 holds: 3 of 4 variations keep colour and kind and 4 of 4 move the shape, the text diff ends
+    # blue, an interpolation starts and ends right and inpainting does it all. Whether the middle
+    # interpolation frame is in between (not at this seed) is left to `unclip evaluate`.
     results = evaluate_operations(pipeline, size=64, seed=1)
-    assert results["variation"]["kept colour and kind"] == 1.0, results
+    assert results["variation"]["kept colour and kind"] >= 0.75, results
+    assert results["variation"]["changed"] >= 0.75, results
+    assert results["text diff"] == {"ends blue": 1.0}, results
     assert results["interpolation"]["starts like a"] == results["interpolation"]["ends like b"] == 1.0
     assert results["inpaint"] == {"green square in the corner": 1.0, "rest kept": 1.0}, results

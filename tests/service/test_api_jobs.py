@@ -119,6 +119,8 @@ def test_every_image_operation_reaches_the_worker(gateway_and_worker):
         ({"op": "generate", "prompt": "x", "decoder_steps": 0}, "decoder_steps",
          "greater than or equal to 1"),
         ({"op": "variation", "image": b64(png()), "eta": 1.5}, "eta", "less than or equal to 1"),
+        ({"op": "text_diff", "image": b64(png()), "prompt": "x", "text_diff_strength": 0},
+         "text_diff_strength", "greater than 0"),
         ({"op": "interpolate", "image_a": b64(png()), "image_b": b64(png()), "frames": 1}, "frames",
          "greater than or equal to 2"),
         ({"op": "interpolate", "image_a": b64(png()), "image_b": b64(png()), "frames": 17}, "frames",

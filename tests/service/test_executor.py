@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import pytest
@@ -107,6 +108,11 @@ def test_sequences_batch_by_frames_and_return_one_image_per_frame() -> None:
     diff = {"image": a, "prompt": "a cat", "source_caption": "a photo", "frames": 2, "seed": 7, "size": 64}
     [images] = executor.run([executor.prepare("text_diff", diff)])
     assert [mean_colour(image) for image in images] == [colour(7, "a cat"), colour(8, "a cat")]
+    generate = {"prompt": "a cat", "seed": 1, "size": 64}
+    split = executor.batch_key("generate", generate | {"decoder_image_guidance": 3.0})
+    assert split != executor.batch_key("generate", generate) and split.sampling.decoder_image_guidance == 3.0
+    further = executor.batch_key("text_diff", diff | {"text_diff_strength": 0.9})
+    assert further != executor.batch_key("text_diff", diff) and further.sampling.text_diff_strength == 0.9
 
 
 def test_variation_and_inpaint_decode_their_images() -> None:
@@ -150,3 +156,14 @@ def test_truncated_prompts_become_warnings() -> None:
     assert executor.prepare("generate", generate(1, prompt="short")).warnings == []
     [warning] = executor.prepare("generate", generate(1, prompt="a prompt much longer than ten")).warnings
     assert "prompt" in warning and "truncated" in warning
+
+
+def test_a_variation_without_eta_gets_the_pipelines_default() -> None:
+    """The gateway (no torch) and the pipeline each state the default eta: they must agree."""
+    from models.pipeline import UnCLIPPipeline
+    from service.schemas import VariationRequest
+
+    default = inspect.signature(UnCLIPPipeline.variation).parameters["eta"].default
+    body = {"image": png_base64(Image.new("RGB", (8, 8), "red")), "seed": 1, "size": 64}
+    key = Executor(FakePipeline(), max_batch_size=8).batch_key("variation", body)
+    assert dict(key.options)["eta"] == default == VariationRequest.model_fields["eta"].default

@@ -123,6 +123,9 @@ def test_bad_input_is_a_message_and_exit_code_2(
     assert "10x10" in capsys.readouterr().err
     assert main(["generate", "x", "--n", "0", *flags(checkpoint, tmp_path / "o.png")]) == 2
     assert "--n" in capsys.readouterr().err
+    strong = ["text-diff", str(image), "x", "--strength", "1.5"]
+    assert main([*strong, *flags(checkpoint, tmp_path / "o.png")]) == 2
+    assert "text_diff_strength must be in (0, 1], got 1.5" in capsys.readouterr().err
     assert main(["generate", "x", *flags(tmp_path / "no-checkpoint", tmp_path / "o.png")]) == 2
     assert "missing" in capsys.readouterr().err
     assert not (tmp_path / "o.png").exists()

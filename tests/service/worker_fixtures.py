@@ -45,7 +45,9 @@ class FakeSampling:
     prior_guidance: float = 4.0
     decoder_steps: int = 2
     decoder_guidance: float = 8.0
+    decoder_image_guidance: float | None = None
     inversion_guidance: float = 1.0
+    text_diff_strength: float = 0.5
     sr256_steps: int = 1
     sr1024_steps: int = 1
 

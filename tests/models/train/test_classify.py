@@ -3,7 +3,7 @@ from collections import deque
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter
 
 from models.train.classify import classify, label_components
 from models.train.shapes import Scene, SceneSpec, ShapeSpec, render, sample_scene
@@ -102,3 +102,40 @@ def test_labelling_follows_a_winding_path() -> None:
     labels[3::4, 0] = 0
     components = label_components(labels)
     assert len(np.unique(components[components >= 0])) == 1
+
+
+def rough_shape(kind: str, seed: int, side: int = 64) -> Image.Image:
+    """A white shape on black as a generated picture draws it: rounded corners and ragged edges.
+
+    Each edge pixel of the clean silhouette flips with some chance, and a few one-pixel spurs stick out,
+    which moves the bounding box without changing what the shape is.
+    """
+    rng = np.random.default_rng(seed)
+    extent = rng.uniform(0.25, 0.45) * side
+    canvas = Image.new("L", (side, side), 0)
+    draw = ImageDraw.Draw(canvas)
+    x0, y0 = (side - extent) / 2, (side - extent) / 2
+    box = (x0, y0, x0 + extent, y0 + extent)
+    if kind == "square":
+        draw.rounded_rectangle(box, radius=extent * 0.15, fill=255)
+    elif kind == "circle":
+        draw.ellipse(box, fill=255)
+    else:
+        draw.polygon([(x0 + extent / 2, y0), (x0 + extent, y0 + extent), (x0, y0 + extent)], fill=255)
+    mask = np.asarray(canvas) > 127
+    edge = mask ^ np.asarray(Image.fromarray(mask).filter(ImageFilter.MinFilter(3)))
+    mask = mask ^ (edge & (rng.random(mask.shape) < 0.3))
+    ys, xs = np.nonzero(edge)
+    for i in rng.choice(len(ys), 3, replace=False):  # spurs: a pixel straight out from an edge pixel
+        y, x = ys[i], xs[i]
+        dy, dx = np.sign(y - side / 2), np.sign(x - side / 2)
+        mask[int(y + dy), int(x + dx)] = True
+    pixels = np.where(mask[..., None], np.uint8(245), np.uint8(15)).repeat(3, axis=-1)
+    return Image.fromarray(pixels)
+
+
+@pytest.mark.parametrize("kind", ["square", "circle", "triangle"])
+def test_rough_shapes_keep_their_kind(kind: str) -> None:
+    for seed in range(10):
+        largest = classify(rough_shape(kind, seed)).largest
+        assert largest is not None and (largest.colour, largest.kind) == ("white", kind), seed

@@ -198,6 +198,8 @@ def test_evaluate_command_prints_and_saves_the_figures(tmp_path, monkeypatch, ca
         "64",
         "--prompts",
         "3",
+        "--repeats",
+        "2",
         "--device",
         "cpu",
         "--json",
@@ -208,15 +210,15 @@ def test_evaluate_command_prints_and_saves_the_figures(tmp_path, monkeypatch, ca
     assert main(arguments) == 0
     assert asked == {"folder": tmp_path / "ckpt", "device": "cpu"}
     printed = capsys.readouterr().out
-    assert "one shape: 3/3 = 100.0%" in printed and "two shapes: 3/3 = 100.0%" in printed
+    assert "one shape: 6/6 = 100.0%" in printed and "two shapes: 6/6 = 100.0%" in printed
     assert "inpaint: green square in the corner 100%, rest kept 100%" in printed
     figures = json.loads((tmp_path / "figures.json").read_text())
     assert figures["64"]["one shape"] == {
-        "total": 3,
+        "total": 6,
         "correct": 1.0,
         "colour": 1.0,
         "kind": 1.0,
         "background": 1.0,
     }
     assert figures["64"]["text diff"] == {"ends blue": 1.0}
-    assert len(list((tmp_path / "pictures" / "64").glob("*.png"))) == 6
+    assert len(list((tmp_path / "pictures" / "64").glob("*.png"))) == 12  # 2 repeats of 6, none overwritten
