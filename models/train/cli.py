@@ -14,11 +14,17 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from models.train.data import DEFAULT_CACHE
 from models.train.stage import PoolSizes
 from models.train.train import STAGES, TrainOptions, train
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from models.train.classify import Classification
+    from models.train.evaluate import Prompt
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,10 +96,10 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _picture_saver(folder: Path, seed: int) -> Callable[..., None]:
+def _picture_saver(folder: Path, seed: int) -> Callable[[Prompt, Image.Image, Classification], None]:
     folder.mkdir(parents=True, exist_ok=True)
 
-    def save(prompt: Any, picture: Any, found: Any) -> None:
+    def save(prompt: Prompt, picture: Image.Image, found: Classification) -> None:
         picture.save(folder / f"{seed}_{prompt.text.replace(' ', '_').replace(',', '')}.png")
 
     return save
