@@ -52,6 +52,7 @@ class Dispatcher:
         backoff_max_seconds: float = 3600.0,
         concurrency: int = 32,
         poll_seconds: float = 0.5,
+        lease_seconds: float | None = None,
         client: httpx.AsyncClient | None = None,
     ):
         self.outbox = outbox
@@ -64,7 +65,8 @@ class Dispatcher:
         self.backoff_max_seconds = backoff_max_seconds
         self.concurrency = concurrency
         self.poll_seconds = poll_seconds
-        self.lease_seconds = timeout_seconds + LEASE_MARGIN_SECONDS
+        # A claim must outlive the attempt it covers, or a second dispatcher would start a duplicate.
+        self.lease_seconds = lease_seconds or timeout_seconds + LEASE_MARGIN_SECONDS
         # No keep-alive: requests go to pinned IPs, and a pooled TLS connection opened for one host name
         # must not carry a request for another name on the same IP. trust_env=False: no proxy from the
         # environment, which would connect by name and undo the pinning.
@@ -92,8 +94,13 @@ class Dispatcher:
     async def run(self) -> None:
         """Claims and delivers until cancelled; Redis outages are logged and waited out."""
         in_flight: set[asyncio.Task[None]] = set()
+        this_task = asyncio.current_task()
         try:
             while True:
+                # On Python 3.11, asyncio.wait_for (redis-py uses it for socket timeouts) can swallow a
+                # cancellation that lands as its command completes; the task still counts it.
+                if this_task is not None and this_task.cancelling():
+                    raise asyncio.CancelledError
                 free = self.concurrency - len(in_flight)
                 claimed: list[Delivery] = []
                 if free > 0:

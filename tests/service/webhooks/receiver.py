@@ -80,7 +80,7 @@ class Receiver:
                 status = 204
                 if not verified:
                     status = 401
-                elif self.path == "/fail-twice" and hits <= 2 or self.path == "/always-500":
+                elif (self.path == "/fail-twice" and hits <= 2) or self.path == "/always-500":
                     status = 500
                 elif self.path == "/gone":
                     status = 410

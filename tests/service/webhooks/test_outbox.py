@@ -83,14 +83,16 @@ def test_failed_reschedules_with_the_delay_then_dies_after_max_attempts(redis_ur
             before = time.time()
             assert await outbox.failed(delivery, f"answered 500 #{attempt}", delay_seconds=0.2) == "retry"
             assert (await client.zscore(DUE_KEY, delivery_id)) >= before + 0.15
-            assert await client.hget(delivery_key(delivery_id), "last_error") == f"answered 500 #{attempt}".encode()
+            last_error = await client.hget(delivery_key(delivery_id), "last_error")
+            assert last_error == f"answered 500 #{attempt}".encode()
             assert await outbox.claim_due(10, lease_seconds=30) == []  # not due before the delay
             await asyncio.sleep(0.25)
         [last] = await outbox.claim_due(10, lease_seconds=30)
         assert await outbox.failed(last, "answered 500 #3", delay_seconds=0) == "dead"
         assert not await client.exists(delivery_key(delivery_id)) and await outbox.pending() == 0
         [dead] = await outbox.dead()
-        assert (dead.id, dead.job_id, dead.attempts, dead.error) == (delivery_id, "job1", 3, "answered 500 #3")
+        assert (dead.id, dead.job_id, dead.attempts) == (delivery_id, "job1", 3)
+        assert dead.error == "answered 500 #3"
 
     with_outbox(redis_url, body)
 
@@ -172,7 +174,8 @@ return webhook_notify(KEYS[1], ARGV[1], ARGV[3], 600)
 def test_webhook_notify_enqueues_in_the_transition_only_the_events_the_job_asked_for(redis_url: str) -> None:
     async def body(outbox: Outbox, client: redis.asyncio.Redis) -> None:
         transition = client.register_script(NOTIFY_LUA)
-        await client.hset("job:a", mapping={"webhook": "https://example.com/a", "webhook_events": "start,completed"})
+        await client.hset("job:a", mapping={"webhook": "https://example.com/a",
+                                            "webhook_events": "start,completed"})
         await client.hset("job:b", mapping={"webhook": "https://example.com/b"})  # events left out
         await client.hset("job:c", mapping={"status": "queued"})  # no webhook
 
