@@ -106,7 +106,7 @@ class Dispatcher:
                 if free > 0:
                     try:
                         claimed = await self.outbox.claim_due(free, self.lease_seconds)
-                    except redis.RedisError as error:
+                    except (redis.RedisError, OSError) as error:
                         log.warning("webhook claim failed", extra={"error": str(error)})
                 for delivery in claimed:
                     task = asyncio.create_task(self.attempt(delivery))
