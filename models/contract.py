@@ -32,15 +32,18 @@ VARIATION_ETA = 1.0
 # so that the faint noise of a JPEG-compressed or anti-aliased mask does not repaint the whole image.
 MASK_THRESHOLD = 128
 
+
 def image_count(op: str, params: dict[str, Any]) -> int:
     """Images a job makes (its `expected_images`): frames for the sequences, n for the others."""
     if op in SEQUENCE_OPS:
         return int(params.get("frames") or DEFAULT_FRAMES)
     return int(params.get("n") or 1)
 
+
 def repaint_mask(mask: Image.Image) -> Image.Image:
     """A white-means-repaint mask → mode "L", 255 = repaint, 0 = keep (thresholded at MASK_THRESHOLD)."""
     return mask.convert("L").point(lambda value: 255 if value >= MASK_THRESHOLD else 0)
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -104,14 +107,17 @@ class Sampling:
         """The upsampling stages to run after the 64 px decoder to reach `size`."""
         return {64: (), 256: ("sr256",), 1024: ("sr256", "sr1024")}[self.size]
 
+
 @dataclass(frozen=True)
 class Progress:
     stage: str  # one of STAGES
     step: int  # 1..total
     total: int
 
+
 # May raise any exception to stop sampling; the pipeline lets it through.
 ProgressCallback = Callable[[Progress], None]
+
 
 class Pipeline(Protocol):
     """What the service calls on a pipeline (Contract B). Each list holds one entry per item; item i is
