@@ -18,6 +18,7 @@ from PIL import Image
 
 OPS = ("generate", "variation", "interpolate", "text_diff", "inpaint")
 SEQUENCE_OPS = ("interpolate", "text_diff")  # one item = a sequence of `frames` images
+INVERTING_OPS = ("variation", "interpolate", "text_diff")  # start from an image's DDIM-inverted noise
 SIZES = (64, 256, 1024)
 STAGES = ("prior", "invert", "decoder", "sr256", "sr1024")
 LATENTS = ("slerp", "fixed")
@@ -45,16 +46,21 @@ def repaint_mask(mask: Image.Image) -> Image.Image:
     return mask.convert("L").point(lambda value: 255 if value >= MASK_THRESHOLD else 0)
 
 
+def _setting(default: Any, ops: tuple[str, ...], help: str = "") -> Any:
+    """A Sampling field; `ops`: the operations whose jobs (API bodies, CLI commands) may set it."""
+    return dataclasses.field(default=default, metadata={"ops": ops, "help": help})
+
+
 @dataclass(frozen=True)
 class Sampling:
     """How to sample; `size` is where sampling stops. A checkpoint's `unclip.json` holds its defaults
     (`UnCLIPConfig.sampling`); a job overrides some of them."""
 
-    size: int = 1024  # 64 | 256 | 1024
-    prior_steps: int = 25
-    prior_guidance: float = 4.0
-    decoder_steps: int = 25
-    decoder_guidance: float = 8.0
+    size: int = _setting(1024, OPS, "output side in pixels: 64 | 256 | 1024")
+    prior_steps: int = _setting(25, OPS, "diffusion prior sampling steps")
+    prior_guidance: float = _setting(4.0, OPS, "classifier-free guidance of the prior")
+    decoder_steps: int = _setting(25, OPS, "64x64 decoder sampling steps")
+    decoder_guidance: float = _setting(8.0, OPS, "classifier-free guidance of the decoder")
     # Generation only: the decoder guidance of the prior's z_i apart from the caption's, which keeps
     # decoder_guidance (`stages.decoder_denoiser`); None: decoder_guidance, plain classifier-free guidance.
     # The caption's tokens say which colour goes with which shape, which the bag of features in a sampled
@@ -63,19 +69,26 @@ class Sampling:
     # guidance at 8 in 54 %, and plain guidance at 3 or 4 is no better than at 8. Variation, interpolation
     # and text diffs decode a real image's z_i with no caption: they keep decoder_guidance (at 3 their
     # text diff ended blue in 2 of 5 seeds, at 8 in 4).
-    decoder_image_guidance: float | None = None
+    decoder_image_guidance: float | None = _setting(
+        None, ("generate",), "decoder guidance of the prior's z_i apart from the caption's"
+    )
     # The decoder guidance of the DDIM inversion that variation, interpolate and text_diff start from.
     # 1 (none) inverts the conditional model's own ODE, which 25 steps follow closely; at the 8 that
     # generation wants, the guided field is too stiff to run backwards and x_T comes out saturated (on
     # the shapes model: 0 of 4 variations kept colour and kind, against 12 of 12 inverted unguided). Decoding
     # then guides at decoder_guidance; with both equal, eta 0 returns to the image itself.
-    inversion_guidance: float = 1.0
+    inversion_guidance: float = _setting(
+        1.0, INVERTING_OPS, "decoder guidance of the DDIM inversion (default 1: none)"
+    )
     # How far a text diff goes: its last frame decodes slerp(z_i, z_d, text_diff_strength). The paper
     # keeps it within [0.25, 0.5] (unCLIP §3.3), beyond which a photo stops looking like its source; the
     # shapes model needs 0.75 to turn a red circle blue (4 of 5 seeds, 2 of 5 at 0.5).
-    text_diff_strength: float = 0.5
-    sr256_steps: int = 7
-    sr1024_steps: int = 7
+    text_diff_strength: float = _setting(
+        0.5, ("text_diff",), "how far the last frame goes toward the prompt (default: the checkpoint's)"
+    )
+    # The upsamplers' steps are the checkpoint's: no job sets them.
+    sr256_steps: int = _setting(7, ())
+    sr1024_steps: int = _setting(7, ())
 
     def __post_init__(self) -> None:
         if self.size not in SIZES:
@@ -92,6 +105,11 @@ class Sampling:
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def job_fields(cls, op: str | None = None) -> tuple[str, ...]:
+        """The settings a job of `op` may set (None: of any op); the rest are the checkpoint's."""
+        return tuple(f.name for f in fields(cls) if (op in f.metadata["ops"] if op else f.metadata["ops"]))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,6 +1,6 @@
 """The gateway: a FastAPI app that queues jobs in Redis and serves their status and images. Torch-free.
 
-uvicorn service.app:create_app --factory      # settings from UNCLIP_* (UNCLIP_REDIS_URL required)
+uvicorn service.gateway.app:create_app --factory      # settings from UNCLIP_* (UNCLIP_REDIS_URL required)
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import redis.asyncio
 from fastapi import FastAPI
 from PIL import Image
 
-from service.api import images_openai, jobs, ops
-from service.api.body_limit import BodyLimitMiddleware
-from service.api.errors import install_error_handlers
-from service.jobs import JobStore
+from service.gateway.body_limit import BodyLimitMiddleware
+from service.gateway.errors import install_error_handlers
+from service.gateway.metrics import GatewayMetrics, RequestMetricsMiddleware
+from service.gateway.routes import images_openai, jobs, ops
+from service.gateway.store import JobStore
 from service.logs import configure_json_logging
-from service.metrics import GatewayMetrics, RequestMetricsMiddleware
 from service.settings import Settings, get_settings
 
 DESCRIPTION = """\
@@ -69,7 +69,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_json_logging(settings.log_level)
-    # Pillow's own bomb guard agrees with ours; service.images checks the header first anyway.
+    # Pillow's own bomb guard agrees with ours; service.gateway.images checks the header first anyway.
     Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
 
     app = FastAPI(

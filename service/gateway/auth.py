@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.api.errors import ApiError
+from service.gateway.errors import ApiError
 
 OPEN_OWNER = ""
 bearer_scheme = HTTPBearer(

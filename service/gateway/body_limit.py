@@ -11,7 +11,7 @@ from __future__ import annotations
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.errors import OPENAI_PREFIX, openai_error_response
+from service.gateway.errors import OPENAI_PREFIX, openai_error_response
 
 
 class BodyTooLarge(Exception):

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from service.jobs import JobStore
+from service.gateway.store import JobStore
 from service.settings import Settings
 
 

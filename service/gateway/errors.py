@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.images import ImageError
+from service.gateway.images import ImageError
 
 OPENAI_PREFIX = "/v1/images/"
 log = logging.getLogger("service.api")

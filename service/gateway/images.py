@@ -1,5 +1,5 @@
-"""Images that arrive in requests: base64 or raw bytes → a checked PIL image → the PNG that goes into a
-job's params (Contract C).
+"""Images that arrive in requests: base64 or raw bytes → a checked PIL image (→ `service.jobs.codec`'s
+base64 PNG in a job's params, Contract C).
 
 The format is sniffed from the bytes (never from a declared content type), only PNG and JPEG are read,
 and the pixel count is checked from the header before any pixel is decoded. Pillow's own
@@ -15,6 +15,8 @@ import io
 import warnings
 
 from PIL import Image
+
+from service.jobs.codec import png_bytes
 
 MAGIC_NUMBERS: dict[bytes, str] = {
     b"\x89PNG\r\n\x1a\n": "PNG",
@@ -99,19 +101,9 @@ def open_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
     return image
 
 
-def decode_image(text: str, field: str, max_pixels: int) -> Image.Image:
+def read_request_image(text: str, field: str, max_pixels: int) -> Image.Image:
     """A base64 request field → a checked, decoded image."""
     return open_image(decode_base64(text, field), field, max_pixels)
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def png_base64(image: Image.Image) -> str:
-    return base64.b64encode(png_bytes(image)).decode("ascii")
 
 
 def as_rgb(image: Image.Image) -> Image.Image:
@@ -125,11 +117,6 @@ def has_alpha(image: Image.Image) -> bool:
         or (image.mode == "P" and "transparency" in image.info)
         or (image.mode in ("RGB", "L") and "transparency" in image.info)
     )
-
-
-def repaint_mask_from_white(mask: Image.Image) -> Image.Image:
-    """A native-API mask (white = repaint) → mode "L", 255 = repaint, 0 = keep (thresholded at 128)."""
-    return mask.convert("L").point(lambda value: 255 if value >= 128 else 0)
 
 
 def repaint_mask_from_alpha(image: Image.Image) -> Image.Image:

@@ -10,7 +10,7 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.jobs import STATUSES
+from service.jobs.states import STATUSES
 
 log = logging.getLogger("service.access")
 

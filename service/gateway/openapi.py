@@ -1,8 +1,8 @@
 """Writes openapi.yaml (the HTTP contract at the repository root) from the app itself.
 
-python -m service.openapi            # regenerate openapi.yaml at the repository root
-python -m service.openapi --check    # exit 1 when the file differs from the app
-python -m service.openapi PATH       # write (or --check) another file
+python -m service.gateway.openapi            # regenerate openapi.yaml at the repository root
+python -m service.gateway.openapi --check    # exit 1 when the file differs from the app
+python -m service.gateway.openapi PATH       # write (or --check) another file
 
 tests/service/test_openapi.py holds the file equal to what a running gateway serves at /openapi.json.
 """
@@ -16,10 +16,10 @@ from typing import Any
 
 import yaml
 
-from service.app import create_app
+from service.gateway.app import create_app
 from service.settings import Settings
 
-DEFAULT_PATH = Path(__file__).resolve().parent.parent / "openapi.yaml"
+DEFAULT_PATH = Path(__file__).resolve().parents[2] / "openapi.yaml"
 
 
 def openapi_document() -> dict[str, Any]:
@@ -43,7 +43,9 @@ def render(document: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m service.openapi", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m service.gateway.openapi", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("path", nargs="?", type=Path, default=DEFAULT_PATH)
     parser.add_argument("--check", action="store_true", help="compare instead of writing")
     args = parser.parse_args(argv)
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         current = args.path.read_text(encoding="utf-8") if args.path.exists() else ""
         if yaml.safe_load(current) != yaml.safe_load(text):
-            print(f"{args.path} is out of date; run `python -m service.openapi`", file=sys.stderr)
+            print(f"{args.path} is out of date; run `python -m service.gateway.openapi`", file=sys.stderr)
             return 1
         return 0
     args.path.write_text(text, encoding="utf-8")

@@ -12,11 +12,20 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.contract import (
+    DEFAULT_FRAMES,
+    DEFAULT_LATENT,
+    DEFAULT_SOURCE_CAPTION,
+    LATENTS,
+    MASK_THRESHOLD,
+    SIZES,
+    VARIATION_ETA,
+    image_count,
+)
+from service.jobs.states import JobStatus
 from service.settings import Settings
 
-VARIATION_ETA = 1.0  # models.pipeline.unclip.VARIATION_ETA, which says why (the gateway runs without torch)
-
-Size = Literal[64, 256, 1024]
+Size = Literal[SIZES]
 SEED_MAX = 2**63 - 1
 IMAGE_FIELDS = ("image", "image_a", "image_b", "mask")
 
@@ -101,9 +110,10 @@ class InterpolateRequest(InvertingParams):
     op: Literal["interpolate"]
     image_a: Base64Image
     image_b: Base64Image
-    frames: FrameCount = 5
-    latent: Literal["slerp", "fixed"] = Field(
-        "slerp", description="slerp: between both images' inverted noise; fixed: one random noise for all."
+    frames: FrameCount = DEFAULT_FRAMES
+    latent: Literal[LATENTS] = Field(
+        DEFAULT_LATENT,
+        description="slerp: between both images' inverted noise; fixed: one random noise for all.",
     )
 
 
@@ -113,8 +123,8 @@ class TextDiffRequest(InvertingParams):
     op: Literal["text_diff"]
     image: Base64Image
     prompt: Prompt
-    source_caption: str = Field("a photo", min_length=1, description="What the image shows now.")
-    frames: FrameCount = 5
+    source_caption: str = Field(DEFAULT_SOURCE_CAPTION, min_length=1, description="What the image shows now.")
+    frames: FrameCount = DEFAULT_FRAMES
     text_diff_strength: float | None = Field(
         None,
         gt=0,
@@ -130,22 +140,20 @@ class InpaintRequest(SamplingParams):
     op: Literal["inpaint"]
     image: Base64Image
     mask: Base64Image = Field(
-        description="Same size as the image; white (≥ 128 after conversion to grey) = repaint, black = keep."
+        description=f"Same size as the image; white (≥ {MASK_THRESHOLD} after conversion to grey) = repaint, "
+        "black = keep."
     )
     prompt: Prompt
     n: ImageCount = 1
 
 
-JobRequest = Annotated[
-    GenerateRequest | VariationRequest | InterpolateRequest | TextDiffRequest | InpaintRequest,
-    Field(discriminator="op"),
-]
+JobBody = GenerateRequest | VariationRequest | InterpolateRequest | TextDiffRequest | InpaintRequest
+JobRequest = Annotated[JobBody, Field(discriminator="op")]
 
 
-def expected_images(body: BaseModel) -> int:
+def expected_images(body: JobBody) -> int:
     """How many images a job makes: n for generate/variation/inpaint, frames for the sequences."""
-    frames = getattr(body, "frames", None)
-    return frames if frames is not None else body.n
+    return image_count(body.op, vars(body))
 
 
 def limit_errors(body: BaseModel, settings: Settings) -> list[dict[str, Any]]:
@@ -243,7 +251,7 @@ class JobOut(BaseModel):
 
     id: str
     op: str
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    status: JobStatus
     params: dict[str, Any]
     progress: JobProgressOut | None = None
     error: str | None = None

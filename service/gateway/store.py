@@ -1,23 +1,6 @@
-"""Jobs in Redis (Contract C): the layout, the atomic state transitions, and the gateway's JobStore.
+"""The gateway's view of jobs in Redis: submit, read, cancel and follow them (async, torch-free).
 
-Layout (DESIGN §4):
-- `job:{id}` hash — id, op, params (JSON), owner, status, created_at/started_at/finished_at (Redis TIME,
-  absent = None), progress (JSON), attempts, error, image_count, expected_images, warnings (JSON list),
-  cancel_requested ("1"), worker (last consumer), entry (its stream entry id), version (bumped on every
-  published change). Terminal jobs expire after `result_ttl_seconds`.
-- `{stream}` — one entry `{job: id}` per queued job, read by the consumer group "workers". Finished
-  entries are acknowledged and deleted, so the stream holds only queued and in-flight jobs.
-- `{stream}:counts` — hash status → jobs: `queued` and `running` are current, the terminal ones are
-  totals since Redis started (terminal hashes expire silently). `queued` is the backlog that submit
-  checks, inside the same script that enqueues, so concurrent submitters cannot overshoot the limit.
-- `{stream}:dead` — a copy of every failed job (id, op, owner, attempts, error).
-- `result:{id}:{i}` — PNG bytes, same TTL.
-- `job:{id}:events` — pub/sub channel; every change publishes the job's fields (without params) and its
-  version, in the same script that makes the change.
-
-Every transition is one Lua script that checks the current status first, so a terminal state is written
-exactly once whoever races for it (two workers after a takeover, a worker and a cancel).
-The client must return bytes (`decode_responses=False`, redis-py's default): results are PNG.
+The layout is `service.jobs.layout`'s; every change goes through a `service.jobs.lua` script.
 """
 
 from __future__ import annotations
@@ -28,40 +11,18 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import redis.asyncio
 
+from service.jobs.layout import counts_key, decode_hash, events_channel, job_key, result_key, text
+from service.jobs.lua import CANCEL_LUA, SUBMIT_LUA
+from service.jobs.states import STATUSES, TERMINAL, JobStatus
 from service.settings import Settings
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-STATUSES: tuple[JobStatus, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
-TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
-GROUP = "workers"
 BACKLOG_RETRY_AFTER_SECONDS = 5
 RESYNC_SECONDS = 5.0  # events() re-reads the hash after this long without a message (a dropped connection)
-DEAD_LETTER_MAXLEN = 10_000
 SEED_BOUND = 2**31
-
-
-def job_key(job_id: str) -> str:
-    return f"job:{job_id}"
-
-
-def events_channel(job_id: str) -> str:
-    return f"job:{job_id}:events"
-
-
-def result_key(job_id: str, index: int) -> str:
-    return f"result:{job_id}:{index}"
-
-
-def counts_key(stream: str) -> str:
-    return f"{stream}:counts"
-
-
-def dead_letter_key(stream: str) -> str:
-    return f"{stream}:dead"
 
 
 @dataclass
@@ -103,150 +64,6 @@ class JobNotFound(LookupError):
     """No such job for this owner (missing, expired, or another owner's)."""
 
 
-# ---- Lua: shared helpers, prepended to every script ------------------------------------------------
-
-_LUA_HELPERS = """
-local STATE_FIELDS = {'id', 'op', 'owner', 'status', 'created_at', 'started_at', 'finished_at', 'progress',
-  'attempts', 'error', 'image_count', 'expected_images', 'warnings', 'cancel_requested', 'version'}
-
-local function now()
-  local t = redis.call('TIME')
-  return string.format('%d.%06d', t[1], t[2])
-end
-
-local function is_terminal(status)
-  return status == 'succeeded' or status == 'failed' or status == 'cancelled'
-end
-
--- bump the version and publish every field but params (which never change and may be megabytes)
-local function publish(key)
-  redis.call('HINCRBY', key, 'version', 1)
-  local values = redis.call('HMGET', key, unpack(STATE_FIELDS))
-  local state = {}
-  for i, name in ipairs(STATE_FIELDS) do
-    if values[i] then state[name] = values[i] end
-  end
-  redis.call('PUBLISH', key .. ':events', cjson.encode(state))
-end
-
-local function move_count(counts, from, to)
-  redis.call('HINCRBY', counts, from, -1)
-  redis.call('HINCRBY', counts, to, 1)
-end
-
-local function terminate(key, counts, from, to, ttl)
-  redis.call('HSET', key, 'status', to, 'finished_at', now())
-  redis.call('EXPIRE', key, ttl)
-  move_count(counts, from, to)
-end
-"""
-
-# KEYS: job, stream, counts. ARGV: id, op, params, owner, expected_images, backlog_limit.
-# Returns {1, created_at} or {0, queued}.
-SUBMIT_LUA = _LUA_HELPERS + """
-local queued = tonumber(redis.call('HGET', KEYS[3], 'queued') or '0')
-if queued >= tonumber(ARGV[6]) then return {0, tostring(queued)} end
-local created_at = now()
-local entry = redis.call('XADD', KEYS[2], '*', 'job', ARGV[1])
-redis.call('HSET', KEYS[1], 'id', ARGV[1], 'op', ARGV[2], 'params', ARGV[3], 'owner', ARGV[4],
-  'status', 'queued', 'created_at', created_at, 'attempts', 0, 'image_count', 0,
-  'expected_images', ARGV[5], 'warnings', '[]', 'entry', entry, 'version', 0)
-redis.call('HINCRBY', KEYS[3], 'queued', 1)
-return {1, created_at}
-"""
-
-# KEYS: job, counts, stream. ARGV: owner, ttl. Returns the status the job has afterwards, or 'missing'.
-# Queued → cancelled at once (its stream entry deleted); running → flagged for the worker.
-CANCEL_LUA = _LUA_HELPERS + """
-local f = redis.call('HMGET', KEYS[1], 'owner', 'status', 'entry', 'cancel_requested')
-if not f[2] or f[1] ~= ARGV[1] then return 'missing' end
-if f[2] == 'queued' then
-  redis.call('HSET', KEYS[1], 'cancel_requested', '1')
-  terminate(KEYS[1], KEYS[2], 'queued', 'cancelled', ARGV[2])
-  if f[3] then redis.call('XDEL', KEYS[3], f[3]) end
-  publish(KEYS[1])
-  return 'cancelled'
-end
-if f[2] == 'running' and not f[4] then
-  redis.call('HSET', KEYS[1], 'cancel_requested', '1')
-  publish(KEYS[1])
-end
-return f[2]
-"""
-
-# KEYS: job, counts. ARGV: worker, max_attempts, ttl.
-# Returns {'run', attempts} | {'skip', status} | {'exhausted', attempts} (Python fails it) | {'missing'}.
-START_LUA = _LUA_HELPERS + """
-local f = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'cancel_requested')
-local status = f[1]
-if not status then return {'missing'} end
-if status ~= 'queued' and status ~= 'running' then return {'skip', status} end
-local attempts = tonumber(f[2] or '0')
-if status == 'running' then
-  -- a takeover: the previous worker stopped renewing its lease while running this job
-  if f[3] then
-    terminate(KEYS[1], KEYS[2], 'running', 'cancelled', ARGV[3])
-    publish(KEYS[1])
-    return {'skip', 'cancelled'}
-  end
-  if attempts >= tonumber(ARGV[2]) then return {'exhausted', attempts} end
-else
-  move_count(KEYS[2], 'queued', 'running')
-end
-attempts = attempts + 1
-redis.call('HSET', KEYS[1], 'status', 'running', 'attempts', attempts, 'started_at', now(), 'worker', ARGV[1])
-redis.call('HDEL', KEYS[1], 'progress', 'error')
-publish(KEYS[1])
-return {'run', attempts}
-"""
-
-# KEYS: job. ARGV: progress JSON. Returns 1 when the job was asked to cancel, else 0.
-PROGRESS_LUA = _LUA_HELPERS + """
-local f = redis.call('HMGET', KEYS[1], 'status', 'progress', 'cancel_requested')
-if f[1] ~= 'running' then return 1 end
-if f[2] ~= ARGV[1] then
-  redis.call('HSET', KEYS[1], 'progress', ARGV[1])
-  publish(KEYS[1])
-end
-if f[3] then return 1 end
-return 0
-"""
-
-# KEYS: job, counts, stream, dead-letter stream, result:{id}:0 .. result:{id}:{n-1}.
-# ARGV: group, entry ('' = none), status, error ('' = none), ttl, warnings JSON, PNG 0 .. PNG n-1.
-# Always acknowledges and deletes the entry; writes the terminal state only if the job has none yet.
-# Returns 1 when this call ended the job, 0 when it had ended already (or expired).
-FINISH_LUA = _LUA_HELPERS + """
-if ARGV[2] ~= '' then
-  redis.call('XACK', KEYS[3], ARGV[1], ARGV[2])
-  redis.call('XDEL', KEYS[3], ARGV[2])
-end
-local f = redis.call('HMGET', KEYS[1], 'status', 'op', 'owner', 'attempts')
-if not f[1] or is_terminal(f[1]) then return 0 end
-local ttl = tonumber(ARGV[5])
-local images = #ARGV - 6
-for i = 1, images do
-  redis.call('SET', KEYS[4 + i], ARGV[6 + i], 'EX', ttl)
-end
-redis.call('HSET', KEYS[1], 'image_count', images, 'warnings', ARGV[6])
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[4]) end
-terminate(KEYS[1], KEYS[2], f[1], ARGV[3], ttl)
-if ARGV[3] == 'failed' then
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', DEAD_LETTER_MAXLEN, '*', 'job', string.sub(KEYS[1], 5),
-    'op', f[2], 'owner', f[3], 'attempts', f[4] or '0', 'error', ARGV[4], 'failed_at', now())
-end
-publish(KEYS[1])
-return 1
-""".replace("DEAD_LETTER_MAXLEN", str(DEAD_LETTER_MAXLEN))
-
-
-# ---- decoding ---------------------------------------------------------------------------------------
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _optional_float(state: Mapping[str, str], name: str) -> float | None:
     value = state.get(name)
     return float(value) if value else None
@@ -264,13 +81,6 @@ def job_from_state(state: Mapping[str, str], params: dict[str, Any]) -> Job:
         expected_images=int(state["expected_images"]), warnings=json.loads(state.get("warnings", "[]")),
         cancel_requested=bool(state.get("cancel_requested")),
     )
-
-
-def decode_hash(raw: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
-    return {_text(name): _text(value) for name, value in raw.items()}
-
-
-# ---- the gateway's side -----------------------------------------------------------------------------
 
 
 class JobStore:
@@ -310,7 +120,7 @@ class JobStore:
             keys=[job_key(job_id), counts_key(self.settings.stream), self.settings.stream],
             args=[owner, self.settings.result_ttl_seconds],
         )
-        if _text(outcome) == "missing":
+        if text(outcome) == "missing":
             return None
         return await self.get(job_id, owner)
 
@@ -320,7 +130,7 @@ class JobStore:
             pipe.hget(job_key(job_id), "owner")
             pipe.get(result_key(job_id, index))
             stored_owner, png = await pipe.execute()
-        if stored_owner is None or _text(stored_owner) != owner:
+        if stored_owner is None or text(stored_owner) != owner:
             return None
         return png
 

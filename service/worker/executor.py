@@ -7,69 +7,36 @@ the job's seed). Because the pipeline makes each item from its inputs and seed a
 a job's images do not depend on what it was batched with. A call carries at most `max_batch_size` images;
 a single job larger than that is split into several calls.
 
-No torch here: the pipeline is any object with Contract B's methods (tests pass a fake one).
+No torch here: the pipeline is any `models.contract.Pipeline` (tests pass a fake one). Which jobs share
+a call is `service.worker.batching`'s policy.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any
 
 from PIL import Image
 
-from service.schemas import VARIATION_ETA
-
-if TYPE_CHECKING:
-    from models.pipeline import ProgressCallback, UnCLIPPipeline
-
-OPS = ("generate", "variation", "interpolate", "text_diff", "inpaint")
-SAMPLING_FIELDS = (
-    "size",
-    "prior_steps",
-    "decoder_steps",
-    "prior_guidance",
-    "decoder_guidance",
-    "decoder_image_guidance",
-    "inversion_guidance",
-    "text_diff_strength",
+from models.contract import (
+    DEFAULT_LATENT,
+    DEFAULT_SOURCE_CAPTION,
+    OPS,
+    VARIATION_ETA,
+    Pipeline,
+    ProgressCallback,
+    Sampling,
+    image_count,
 )
-T = TypeVar("T")
+from service.jobs.codec import image_from_param
+
+SAMPLING_FIELDS = Sampling.job_fields()
 
 
 class JobInputError(ValueError):
     """The job's params cannot run (unknown op, undecodable image, a size the checkpoint cannot make).
     Retrying would not help: the job fails at once."""
-
-
-@dataclass(frozen=True)
-class Candidate(Generic[T]):
-    """A job waiting for a batch: `key` tells compatible jobs apart; `solo` jobs run alone (retries, so
-    that a job that breaks its batch cannot take its batch-mates down with it every time)."""
-
-    job: T
-    key: Hashable
-    images: int
-    solo: bool = False
-
-
-def first_batch(candidates: Sequence[Candidate[T]], max_images: int) -> tuple[list[T], list[T]]:
-    """The oldest job plus the later compatible ones that fit in `max_images` images; and the rest."""
-    if not candidates:
-        return [], []
-    head = candidates[0]
-    batch, rest, total = [head], [], head.images
-    for candidate in candidates[1:]:
-        fits = total + candidate.images <= max_images
-        if not head.solo and not candidate.solo and candidate.key == head.key and fits:
-            batch.append(candidate)
-            total += candidate.images
-        else:
-            rest.append(candidate)
-    return [c.job for c in batch], [c.job for c in rest]
 
 
 @dataclass
@@ -84,7 +51,7 @@ class BatchKey:
     """Jobs with equal keys can share a pipeline call."""
 
     op: str
-    sampling: Any  # models.pipeline.Sampling (frozen, so hashable)
+    sampling: Sampling  # frozen, so hashable
     options: tuple[tuple[str, Any], ...]  # the op's keyword arguments: eta | frames, latent | frames
 
 
@@ -97,31 +64,15 @@ class PreparedJob:
     warnings: list[str]
 
 
-def decode_image(value: str, field: str, mode: str = "RGB") -> Image.Image:
-    """A base64 PNG/JPEG from the params as a loaded PIL image in `mode`."""
+def _image(params: dict[str, Any], field: str, mode: str = "RGB") -> Image.Image:
     try:
-        picture = Image.open(io.BytesIO(base64.b64decode(value, validate=True)))
-        picture.load()
-    except (binascii.Error, OSError, ValueError) as error:
-        raise JobInputError(f"{field}: not a decodable base64 PNG or JPEG ({error})") from None
-    return picture.convert(mode)
-
-
-def png_bytes(picture: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def image_count(op: str, params: dict[str, Any]) -> int:
-    """Images a job makes (its `expected_images`)."""
-    if op in ("interpolate", "text_diff"):
-        return int(params.get("frames") or 5)
-    return int(params.get("n") or 1)
+        return image_from_param(params[field], field, mode)
+    except ValueError as error:
+        raise JobInputError(str(error)) from None
 
 
 class Executor:
-    def __init__(self, pipeline: UnCLIPPipeline, max_batch_size: int):
+    def __init__(self, pipeline: Pipeline, max_batch_size: int):
         self.pipeline = pipeline
         self.max_batch_size = max(1, max_batch_size)
 
@@ -179,7 +130,7 @@ class Executor:
         if op == "variation":
             return {"eta": float(params.get("eta", VARIATION_ETA))}
         if op == "interpolate":
-            return {"frames": image_count(op, params), "latent": params.get("latent") or "slerp"}
+            return {"frames": image_count(op, params), "latent": params.get("latent") or DEFAULT_LATENT}
         if op == "text_diff":
             return {"frames": image_count(op, params)}
         return {}
@@ -191,19 +142,19 @@ class Executor:
         if op == "generate":
             return [_Item((params["prompt"],), seed + i, 1) for i in range(n)]
         if op == "variation":
-            image = decode_image(params["image"], "image")
+            image = _image(params, "image")
             return [_Item((image,), seed + i, 1) for i in range(n)]
         if op == "inpaint":
-            image = decode_image(params["image"], "image")
-            mask = decode_image(params["mask"], "mask", mode="L")
+            image = _image(params, "image")
+            mask = _image(params, "mask", mode="L")
             if mask.size != image.size:
                 raise JobInputError(f"mask is {mask.size}, its image {image.size}: they must match")
             return [_Item((image, mask, params["prompt"]), seed + i, 1) for i in range(n)]
         if op == "interpolate":
-            inputs = (decode_image(params["image_a"], "image_a"), decode_image(params["image_b"], "image_b"))
+            inputs = (_image(params, "image_a"), _image(params, "image_b"))
             return [_Item(inputs, seed, n)]
-        caption = params.get("source_caption") or "a photo"
-        inputs = (decode_image(params["image"], "image"), params["prompt"], caption)
+        caption = params.get("source_caption") or DEFAULT_SOURCE_CAPTION
+        inputs = (_image(params, "image"), params["prompt"], caption)
         return [_Item(inputs, seed, n)]
 
     def _warnings(self, params: dict[str, Any]) -> list[str]:

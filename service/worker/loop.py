@@ -13,114 +13,26 @@ were cancelled stops at its next step. `stop` (SIGTERM) ends the loop after the 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import redis
-from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from service.executor import (
-    Candidate,
-    Executor,
-    JobInputError,
-    PreparedJob,
-    first_batch,
-    image_count,
-    png_bytes,
-)
-from service.queue import QueuedJob, Terminal, WorkerQueue
+from models.contract import image_count
+from service.jobs.codec import png_bytes
+from service.jobs.states import Terminal
 from service.settings import Settings
-from service.worker_http import Heartbeat, serve_worker_http
-
-if TYPE_CHECKING:
-    from models.pipeline import Progress, UnCLIPPipeline
+from service.worker.batching import Candidate, first_batch
+from service.worker.executor import Executor, JobInputError, PreparedJob
+from service.worker.leases import LeaseKeeper
+from service.worker.metrics import WorkerMetrics
+from service.worker.probe import Heartbeat
+from service.worker.progress import BatchProgress, JobCancelled
+from service.worker.queue import QueuedJob, WorkerQueue
 
 log = logging.getLogger("service.worker")
-
-
-class JobCancelled(Exception):
-    """Raised from the progress callback to stop a batch whose jobs were all cancelled."""
-
-
-class WorkerMetrics:
-    """Prometheus metrics of one worker, in their own registry (several workers may share a process)."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.stage_seconds = Histogram(
-            "unclip_worker_stage_seconds",
-            "Time in each stage: prepare (one job's inputs), the pipeline's stages per batch "
-            "(prior, invert, decoder, sr256, sr1024), encode (a batch's PNGs), finish (a batch's writes).",
-            ["stage"],
-            registry=self.registry,
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
-        )
-        self.batch_images = Histogram(
-            "unclip_worker_batch_images", "Images per batch.", registry=self.registry,
-            buckets=(1, 2, 4, 8, 16, 32, 64),
-        )
-        self.batch_jobs = Histogram(
-            "unclip_worker_batch_jobs", "Jobs per batch.", registry=self.registry,
-            buckets=(1, 2, 4, 8, 16, 32),
-        )
-        self.jobs = Counter(
-            "unclip_worker_jobs",
-            "Jobs this worker handled, by op and outcome (succeeded, failed, cancelled, retried).",
-            ["op", "outcome"],
-            registry=self.registry,
-        )
-
-
-class LeaseKeeper:
-    """A thread that renews the lease of every entry the worker holds, three times per lease."""
-
-    def __init__(self, queue: WorkerQueue, lease_seconds: float):
-        self.queue = queue
-        self.interval = max(0.05, lease_seconds / 3)
-        self._held: set[str] = set()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
-
-    def held(self) -> set[str]:
-        with self._lock:
-            return set(self._held)
-
-    def add(self, entries: Iterable[str]) -> None:
-        with self._lock:
-            self._held.update(entries)
-
-    def discard(self, entries: Iterable[str]) -> None:
-        with self._lock:
-            self._held.difference_update(entries)
-
-    def renew(self) -> None:
-        entries = sorted(self.held())
-        kept = set(self.queue.renew(entries))
-        lost = [entry for entry in entries if entry not in kept]
-        if lost:
-            # Another worker took these over (we were too slow to renew); it runs them now.
-            log.warning("lease lost", extra={"entries": lost})
-            self.discard(lost)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.renew()
-            except redis.RedisError:
-                log.exception("lease renewal failed")
 
 
 @dataclass
@@ -129,33 +41,6 @@ class RunningJob:
     prepared: PreparedJob
     attempt: int
     started: float = field(default_factory=time.monotonic)
-
-
-class BatchProgress:
-    """The pipeline's progress callback for one batch: writes progress on every job still wanted, notes
-    the ones that should stop, raises JobCancelled once none is wanted, and times the pipeline stages."""
-
-    def __init__(
-        self, queue: WorkerQueue, jobs: list[RunningJob], metrics: WorkerMetrics, heartbeat: Heartbeat
-    ):
-        self.queue = queue
-        self.metrics = metrics
-        self.heartbeat = heartbeat
-        self.wanted = [running.job.id for running in jobs]
-        self.stopped: set[str] = set()
-        self._stage_started = time.monotonic()
-
-    def __call__(self, progress: Progress) -> None:
-        self.heartbeat.beat()
-        if progress.step == progress.total:
-            now = time.monotonic()
-            self.metrics.stage_seconds.labels(progress.stage).observe(now - self._stage_started)
-            self._stage_started = now
-        stops = self.queue.progress(self.wanted, progress.stage, progress.step, progress.total)
-        self.stopped.update(job_id for job_id, stop in zip(self.wanted, stops, strict=True) if stop)
-        self.wanted = [job_id for job_id in self.wanted if job_id not in self.stopped]
-        if not self.wanted:
-            raise JobCancelled
 
 
 class Worker:
@@ -310,63 +195,3 @@ class Worker:
     def _drop(self, entry: str) -> None:
         self.queue.acknowledge(entry)
         self.lease.discard([entry])
-
-
-def consumer_name(settings: Settings) -> str:
-    return settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
-
-
-def load_pipeline(settings: Settings) -> UnCLIPPipeline:
-    """The pipeline on the configured checkpoint (the shipped default when none), device and dtype."""
-    from models.attention import set_default_backend
-    from models.checkpoint import default_checkpoint
-    from models.pipeline import UnCLIPPipeline
-
-    set_default_backend(settings.attention_backend)
-    folder = settings.checkpoint or default_checkpoint()
-    log.info("loading checkpoint", extra={"checkpoint": str(folder), "device": settings.device})
-    pipeline = UnCLIPPipeline.from_checkpoint(folder, device=settings.device, dtype=settings.dtype)
-    warm_up(pipeline)
-    return pipeline
-
-
-def warm_up(pipeline: UnCLIPPipeline) -> None:
-    """One image through every stage at one step each, before the first job: CUDA context, cuDNN and
-    Triton autotuning (cached per shape class) happen here, not inside a client's request."""
-    started = time.monotonic()
-    steps = {name: 1 for name in ("prior_steps", "decoder_steps", "sr256_steps", "sr1024_steps")}
-    pipeline.generate(["warm-up"], [0], pipeline.sampling(**steps))
-    log.info("pipeline warmed up", extra={"seconds": round(time.monotonic() - started, 3)})
-
-
-def run_worker(
-    settings: Settings,
-    pipeline: UnCLIPPipeline,
-    stop: threading.Event,
-    consumer: str | None = None,
-    poll_seconds: float = 1.0,
-) -> None:
-    """Runs a worker on `pipeline` until `stop` is set (then drains its batch). Serves /metrics and /healthz
-    on `settings.worker_metrics_port` when set (after the checkpoint is loaded: the startup probe waits)."""
-    if not settings.redis_url:
-        raise RuntimeError("the worker needs a Redis: set UNCLIP_REDIS_URL (or run `unclip serve`)")
-    client = redis.Redis.from_url(settings.redis_url)
-    metrics = WorkerMetrics()
-    heartbeat = Heartbeat()
-    server = None
-    if settings.worker_metrics_port is not None:
-        try:
-            server = serve_worker_http(settings.worker_metrics_port, metrics.registry, heartbeat)
-        except OSError as error:  # a busy port must not keep `unclip serve` from working
-            log.warning("no worker metrics endpoint", extra={"port": settings.worker_metrics_port,
-                                                              "error": str(error)})
-    queue = WorkerQueue(client, settings, consumer or consumer_name(settings))
-    worker = Worker(queue, Executor(pipeline, settings.max_batch_size), settings, metrics, poll_seconds,
-                    heartbeat)
-    try:
-        worker.run(stop)
-    finally:
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        client.close()

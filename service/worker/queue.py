@@ -1,5 +1,5 @@
 """The worker's side of the job queue (DESIGN §4): claim stream entries, hold them with a lease, and move
-jobs through START / PROGRESS / FINISH (the Lua scripts in service.jobs).
+jobs through START / PROGRESS / FINISH (the Lua scripts in service.jobs.lua).
 
 Delivery is at-least-once. A worker reads new entries with XREADGROUP and first takes over entries whose
 lease ran out (XAUTOCLAIM with min-idle = lease_seconds: their worker died or was cut off). While it holds
@@ -20,40 +20,12 @@ from typing import Any, Literal
 
 import redis
 
-from service.jobs import (
-    FINISH_LUA,
-    GROUP,
-    PROGRESS_LUA,
-    START_LUA,
-    counts_key,
-    dead_letter_key,
-    job_key,
-    result_key,
-)
+from service.jobs.layout import GROUP, counts_key, dead_letter_key, job_key, result_key, text
+from service.jobs.lua import FINISH_LUA, NOTE_ERROR_LUA, PROGRESS_LUA, RENEW_LUA, START_LUA
+from service.jobs.states import Terminal
 from service.settings import Settings
 
-# KEYS: stream. ARGV: group, consumer, entry ids... Resets the idle time of the entries this consumer still
-# owns (one another worker took over stays theirs) and returns those ids.
-RENEW_LUA = """
-local held = {}
-for i = 3, #ARGV do
-  local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
-  if pending[1] and pending[1][2] == ARGV[2] then
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
-    held[#held + 1] = ARGV[i]
-  end
-end
-return held
-"""
-
-# KEYS: job. ARGV: error. Keeps the last attempt's error on a running job that waits for its retry
-# (START clears it when the retry begins; a job given up on after a lost worker reports it).
-NOTE_ERROR_LUA = """
-if redis.call('HGET', KEYS[1], 'status') == 'running' then redis.call('HSET', KEYS[1], 'error', ARGV[1]) end
-"""
-
 StartOutcome = Literal["run", "skip", "exhausted", "missing"]
-Terminal = Literal["succeeded", "failed", "cancelled"]
 
 
 @dataclass(frozen=True)
@@ -78,10 +50,6 @@ class QueuedJob:
     def id(self) -> str:
         assert self.claim.job_id is not None
         return self.claim.job_id
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class WorkerQueue:
@@ -128,24 +96,24 @@ class WorkerQueue:
         # [next cursor, [(id, fields) | (id, None) for a deleted entry on Redis 6.2], deleted ids (Redis 7)]
         # One call scans a bounded stretch of the pending list; the cursor carries on there next time
         # ("0-0" once it wrapped around).
-        self._cursor = _text(reply[0])
+        self._cursor = text(reply[0])
         return [
             self._claim_of(entry, fields)
             for entry, fields in reply[1]
-            if _text(entry) not in exclude
+            if text(entry) not in exclude
         ]
 
     @staticmethod
     def _claim_of(entry: bytes | str, fields: dict | None) -> Claim:
         job_id = (fields or {}).get(b"job") or (fields or {}).get("job")
-        return Claim(entry=_text(entry), job_id=_text(job_id) if job_id else None)
+        return Claim(entry=text(entry), job_id=text(job_id) if job_id else None)
 
     def renew(self, entries: list[str]) -> list[str]:
         """Resets the lease of `entries`; returns those still held (the rest were taken over)."""
         if not entries:
             return []
         held = self._renew(keys=[self.stream], args=[GROUP, self.consumer, *entries])
-        return [_text(entry) for entry in held]
+        return [text(entry) for entry in held]
 
     def release(self, entries: list[str]) -> None:
         """Hands entries back: idle past the lease, so the next XAUTOCLAIM (any worker's) takes them."""
@@ -161,7 +129,7 @@ class WorkerQueue:
             return None
         names = ("op", "params", "status", "attempts")
         values = self.redis.hmget(job_key(claim.job_id), *names)
-        fields = {name: _text(value) for name, value in zip(names, values, strict=True) if value is not None}
+        fields = {name: text(value) for name, value in zip(names, values, strict=True) if value is not None}
         if not fields.get("status") or not fields.get("params"):
             return None
         return QueuedJob(claim=claim, op=fields["op"], params=json.loads(fields["params"]),
@@ -174,12 +142,12 @@ class WorkerQueue:
             keys=[job_key(job_id), counts_key(self.stream)],
             args=[self.consumer, self.settings.max_attempts, self.settings.result_ttl_seconds],
         )
-        outcome = _text(reply[0])
-        return outcome, str(_text(reply[1])) if len(reply) > 1 else ""  # type: ignore[return-value]
+        outcome = text(reply[0])
+        return outcome, str(text(reply[1])) if len(reply) > 1 else ""  # type: ignore[return-value]
 
     def last_error(self, job_id: str) -> str | None:
         value = self.redis.hget(job_key(job_id), "error")
-        return _text(value) if value else None
+        return text(value) if value else None
 
     def progress(self, job_ids: list[str], stage: str, step: int, total: int) -> list[bool]:
         """Writes (and publishes) progress on each job; True for a job that should stop (cancel asked,

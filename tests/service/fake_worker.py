@@ -1,18 +1,18 @@
-"""The real worker loop (service.worker.run_worker) on a torch-free pipeline whose images show which params
-reached it, so the gateway tests finish jobs through the same Redis code (claim, START, PROGRESS, FINISH,
-cancel) as production."""
+"""The real worker loop (service.worker.process.run_worker) on a torch-free pipeline whose images show
+which params reached it, so the gateway tests finish jobs through the same Redis code (claim, START,
+PROGRESS, FINISH, cancel) as production."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from typing import Any
 
 from PIL import Image
 
+from models.contract import Sampling
 from service.settings import Settings
-from tests.service.worker_fixtures import FakePipeline, FakeSampling, worker_thread
+from tests.service.worker.worker_fixtures import FakePipeline, worker_thread
 
 
 def resized(picture: Image.Image, size: int) -> Image.Image:
@@ -25,9 +25,9 @@ class GatewayPipeline(FakePipeline):
     input image. Progress: one "decoder" step per image of the call, `step_delay` s each (no prior steps),
     so a job's steps climb to its image count."""
 
-    def _run(self, op: str, seeds: list[int], sampling: FakeSampling, texts: list[str], progress: Any,
+    def _run(self, op: str, seeds: list[int], sampling: Sampling, texts: list[str], progress: Any,
              images: int) -> None:
-        self._sample(op, seeds, replace(sampling, prior_steps=0, decoder_steps=images), texts, progress)
+        self._sample(op, seeds, sampling, texts, progress, stages=(("decoder", images),))
 
     def generate(self, prompts, seeds, sampling, progress=None):
         self._run("generate", seeds, sampling, prompts, progress, len(seeds))

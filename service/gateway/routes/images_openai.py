@@ -18,13 +18,12 @@ from fastapi.exceptions import RequestValidationError
 from PIL import Image
 from pydantic import BaseModel, ValidationError
 
-from service import images
-from service.api.deps import AppSettings, BaseUrl, Store
-from service.api.errors import ApiError
-from service.api.submission import image_url, submit_body
-from service.auth import Owner
-from service.jobs import Job, JobNotFound, JobStore
-from service.schemas import (
+from service.gateway import images
+from service.gateway.auth import Owner
+from service.gateway.deps import AppSettings, BaseUrl, Store
+from service.gateway.errors import ApiError
+from service.gateway.routes.submission import image_url, submit_body
+from service.gateway.schemas import (
     GenerateRequest,
     InpaintRequest,
     OpenAIError,
@@ -35,6 +34,8 @@ from service.schemas import (
     ResponseFormat,
     VariationRequest,
 )
+from service.gateway.store import Job, JobNotFound, JobStore
+from service.jobs.codec import png_base64
 from service.settings import Settings
 
 router = APIRouter(prefix="/v1/images", tags=["openai"])
@@ -111,8 +112,8 @@ async def edit_image(
     request = validated(
         InpaintRequest,
         op="inpaint",
-        image=images.png_base64(images.as_rgb(picture)),
-        mask=images.png_base64(repaint),
+        image=png_base64(images.as_rgb(picture)),
+        mask=png_base64(repaint),
         prompt=prompt,
         n=n,
         size=PIPELINE_SIZE[size],
@@ -143,7 +144,7 @@ async def create_variations(
     request = validated(
         VariationRequest,
         op="variation",
-        image=images.png_base64(images.as_rgb(picture)),
+        image=png_base64(images.as_rgb(picture)),
         n=n,
         size=PIPELINE_SIZE[size],
     )

@@ -8,13 +8,14 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Path, Query, Response
 from fastapi.responses import StreamingResponse
 
-from service import images
-from service.api.deps import AppSettings, BaseUrl, Store
-from service.api.errors import ApiError
-from service.api.submission import job_view, owned_job, submit_body
-from service.auth import Owner
-from service.jobs import TERMINAL, Job
-from service.schemas import JOB_REQUEST_EXAMPLES, ErrorDetail, JobOut, JobRequest
+from service.gateway import images
+from service.gateway.auth import Owner
+from service.gateway.deps import AppSettings, BaseUrl, Store
+from service.gateway.errors import ApiError
+from service.gateway.routes.submission import job_view, owned_job, submit_body
+from service.gateway.schemas import JOB_REQUEST_EXAMPLES, ErrorDetail, JobOut, JobRequest
+from service.gateway.store import Job
+from service.jobs.states import TERMINAL
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.api.deps import Store
+from service.gateway.deps import Store
 
 router = APIRouter(tags=["operations"])
 READY_TIMEOUT_SECONDS = 2.0  # a Redis that accepts connections but does not answer is not ready either

@@ -14,10 +14,10 @@ from fastapi.exceptions import RequestValidationError
 from PIL import Image
 from pydantic import BaseModel
 
-from service import images
-from service.api.errors import ApiError
-from service.jobs import Backlogged, Job, JobStore
-from service.schemas import (
+from models.contract import repaint_mask
+from service.gateway import images
+from service.gateway.errors import ApiError
+from service.gateway.schemas import (
     IMAGE_FIELDS,
     InpaintRequest,
     JobOut,
@@ -25,6 +25,8 @@ from service.schemas import (
     expected_images,
     limit_errors,
 )
+from service.gateway.store import Backlogged, Job, JobStore
+from service.jobs.codec import png_base64
 from service.settings import Settings
 
 log = logging.getLogger("service.api")
@@ -39,14 +41,14 @@ def job_params(body: BaseModel, settings: Settings) -> dict[str, Any]:
     decoded: dict[str, Image.Image] = {}
     for field in IMAGE_FIELDS:
         if field in params and field != "mask":
-            decoded[field] = images.decode_image(params[field], field, settings.max_image_pixels)
-            params[field] = images.png_base64(images.as_rgb(decoded[field]))
+            decoded[field] = images.read_request_image(params[field], field, settings.max_image_pixels)
+            params[field] = png_base64(images.as_rgb(decoded[field]))
     if isinstance(body, InpaintRequest):
-        mask = images.decode_image(body.mask, "mask", settings.max_image_pixels)
+        mask = images.read_request_image(body.mask, "mask", settings.max_image_pixels)
         images.check_same_size(decoded["image"], mask)
-        repaint = images.repaint_mask_from_white(mask)
+        repaint = repaint_mask(mask)
         images.check_something_to_repaint(repaint, "mask", "white (255) pixels mark the area to repaint")
-        params["mask"] = images.png_base64(repaint)
+        params["mask"] = png_base64(repaint)
     return params
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from service.app import create_app
+from service.gateway.app import create_app
 from service.redis_server import free_port
 from service.settings import Settings
 

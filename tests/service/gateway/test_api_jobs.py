@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from tests.service.fake_worker import fake_worker
-from tests.service.gateway_fixtures import gateway_settings, live_gateway, wait_for_job
-from tests.service.gateway_images import b64, gif, jpeg, png, png_header_only
+from tests.service.gateway.gateway_fixtures import gateway_settings, live_gateway, wait_for_job
+from tests.service.gateway.gateway_images import b64, gif, jpeg, png, png_header_only
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from service.auth import is_known_key, owner_id
-from tests.service.gateway_fixtures import gateway_settings, live_gateway
+from service.gateway.auth import is_known_key, owner_id
+from tests.service.gateway.gateway_fixtures import gateway_settings, live_gateway
 
 GENERATE = {"op": "generate", "prompt": "a red circle", "size": 64}
 

@@ -4,22 +4,24 @@ import io
 import pytest
 from PIL import Image
 
-from service import images
-from tests.service.gateway_images import b64, gif, jpeg, png, png_header_only, rgba_with_hole
+from models.contract import repaint_mask
+from service.gateway import images
+from service.jobs.codec import png_base64
+from tests.service.gateway.gateway_images import b64, gif, jpeg, png, png_header_only, rgba_with_hole
 
 LIMIT = 4096 * 4096
 
 
 def test_png_and_jpeg_decode_whatever_the_prefix():
-    decoded = images.decode_image("data:image/png;base64," + b64(png((20, 10))), "image", LIMIT)
+    decoded = images.read_request_image("data:image/png;base64," + b64(png((20, 10))), "image", LIMIT)
     assert decoded.size == (20, 10)
     assert decoded.format == "PNG"
-    assert images.decode_image(b64(jpeg((12, 12))), "image", LIMIT).format == "JPEG"
+    assert images.read_request_image(b64(jpeg((12, 12))), "image", LIMIT).format == "JPEG"
 
 
 def test_bad_base64_is_named():
     with pytest.raises(images.ImageError, match=r"^image_a: is not valid base64") as caught:
-        images.decode_image("not base64!!", "image_a", LIMIT)
+        images.read_request_image("not base64!!", "image_a", LIMIT)
     assert caught.value.field == "image_a"
 
 
@@ -70,7 +72,7 @@ def test_white_mask_becomes_binary_l_mask():
     mask.putpixel((1, 0), (255, 255, 255))
     mask.putpixel((2, 0), (200, 200, 200))
     mask.putpixel((3, 0), (40, 40, 40))
-    converted = images.repaint_mask_from_white(mask)
+    converted = repaint_mask(mask)
     assert converted.mode == "L"
     assert list(converted.tobytes()) == [0, 255, 255, 0]
 
@@ -86,7 +88,7 @@ def test_alpha_zero_pixels_are_the_repaint_area():
 
 def test_png_base64_round_trips_pixels():
     image = Image.new("RGB", (8, 8), (9, 99, 199))
-    back = Image.open(io.BytesIO(base64.b64decode(images.png_base64(image))))
+    back = Image.open(io.BytesIO(base64.b64decode(png_base64(image))))
     assert back.format == "PNG"
     assert back.getpixel((3, 3)) == (9, 99, 199)
 

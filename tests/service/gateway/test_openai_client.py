@@ -13,10 +13,10 @@ import pytest
 import redis
 from PIL import Image
 
-from service.jobs import counts_key
+from service.jobs.layout import counts_key
 from tests.service.fake_worker import fake_worker
-from tests.service.gateway_fixtures import gateway_settings, live_gateway
-from tests.service.gateway_images import gif, jpeg, png, rgba_with_hole
+from tests.service.gateway.gateway_fixtures import gateway_settings, live_gateway
+from tests.service.gateway.gateway_images import gif, jpeg, png, rgba_with_hole
 
 KEY = "openai-test-key"
 SIZES = {"64x64": 64, "256x256": 256, "512x512": 512, "1024x1024": 1024}

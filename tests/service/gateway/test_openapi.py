@@ -7,11 +7,11 @@ from pathlib import Path
 import httpx
 import yaml
 
-from service import openapi
-from tests.service.gateway_fixtures import gateway_settings, live_gateway
+from service.gateway import openapi
+from tests.service.gateway.gateway_fixtures import gateway_settings, live_gateway
 
-CONTRACT = Path(__file__).resolve().parents[2] / "openapi.yaml"
-REGENERATE = "python -m service.openapi"
+CONTRACT = Path(__file__).resolve().parents[3] / "openapi.yaml"
+REGENERATE = "python -m service.gateway.openapi"
 
 
 def test_openapi_yaml_equals_what_the_gateway_serves(redis_url):

@@ -8,8 +8,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from service.executor import Candidate, Executor, JobInputError, first_batch, png_bytes
-from tests.service.worker_fixtures import FakePipeline, colour, mean_colour, png_base64
+from service.jobs.codec import png_base64, png_bytes
+from service.worker.batching import Candidate, first_batch
+from service.worker.executor import Executor, JobInputError
+from tests.service.worker.worker_fixtures import FakePipeline, colour, mean_colour
 
 SMALL_PNG = png_base64(Image.new("RGB", (8, 8)))
 
@@ -161,7 +163,7 @@ def test_truncated_prompts_become_warnings() -> None:
 def test_a_variation_without_eta_gets_the_pipelines_default() -> None:
     """The gateway (no torch) and the pipeline each state the default eta: they must agree."""
     from models.pipeline import UnCLIPPipeline
-    from service.schemas import VariationRequest
+    from service.gateway.schemas import VariationRequest
 
     default = inspect.signature(UnCLIPPipeline.variation).parameters["eta"].default
     body = {"image": png_base64(Image.new("RGB", (8, 8), "red")), "seed": 1, "size": 64}

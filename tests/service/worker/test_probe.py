@@ -4,7 +4,7 @@ import httpx
 from prometheus_client import CollectorRegistry, Counter
 
 from service.redis_server import free_port
-from service.worker_http import Heartbeat, serve_worker_http
+from service.worker.probe import Heartbeat, serve_worker_http
 
 
 def test_healthz_follows_the_heartbeat_and_metrics_come_from_the_registry() -> None:

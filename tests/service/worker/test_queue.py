@@ -6,10 +6,10 @@ import time
 
 import redis
 
-from service.jobs import GROUP, counts_key, dead_letter_key, job_key, result_key
-from service.queue import WorkerQueue
+from service.jobs.layout import GROUP, counts_key, dead_letter_key, job_key, result_key
 from service.settings import Settings
-from tests.service.worker_fixtures import cancel, job_state, submit, worker_settings
+from service.worker.queue import WorkerQueue
+from tests.service.worker.worker_fixtures import cancel, job_state, submit, worker_settings
 
 GENERATE = {"prompt": "a red circle", "n": 1, "seed": 1, "size": 64}
 

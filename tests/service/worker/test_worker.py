@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from service.jobs import GROUP, dead_letter_key, job_key, result_key
-from service.worker import WorkerMetrics, warm_up
-from tests.service.worker_fixtures import (
+from service.jobs.layout import GROUP, dead_letter_key, job_key, result_key
+from service.worker.metrics import WorkerMetrics
+from service.worker.process import warm_up
+from tests.service.worker.worker_fixtures import (
     FakePipeline,
     cancel,
     colour,
@@ -176,9 +177,9 @@ def test_truncated_prompts_are_warnings_on_the_job(redis_url: str, client: redis
 
 
 def test_worker_metrics_count_jobs_batches_and_stages(redis_url: str, client: redis.Redis) -> None:
-    from service.executor import Executor
-    from service.queue import WorkerQueue
-    from service.worker import Worker
+    from service.worker.executor import Executor
+    from service.worker.loop import Worker
+    from service.worker.queue import WorkerQueue
 
     settings = worker_settings(redis_url)
     ids = [submit(settings, "generate", generate(seed=s, n=2)) for s in (1, 2)]
@@ -205,7 +206,7 @@ def test_a_long_job_keeps_its_lease_while_another_worker_polls(redis_url: str, c
 
 
 def test_a_job_whose_worker_died_on_its_last_attempt_is_failed(redis_url: str, client: redis.Redis) -> None:
-    from service.queue import WorkerQueue
+    from service.worker.queue import WorkerQueue
 
     settings = worker_settings(redis_url, lease_seconds=0.2, max_attempts=1)
     job_id = submit(settings, "generate", generate(seed=1))

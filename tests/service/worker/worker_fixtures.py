@@ -2,14 +2,13 @@
 on it, in threads or in subprocesses, against a real Redis.
 
 Run as a script it is a worker process on the fake pipeline, for the kill -9 and SIGTERM tests:
-    UNCLIP_REDIS_URL=... python tests/service/worker_fixtures.py --consumer a --step-delay 0.1
+    UNCLIP_REDIS_URL=... python tests/service/worker/worker_fixtures.py --consumer a --step-delay 0.1
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import io
 import json
 import os
@@ -21,7 +20,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,34 +28,16 @@ import redis
 import redis.asyncio
 from PIL import Image
 
-from service.jobs import JobStore, decode_hash, job_key
+from models.contract import Progress, Sampling
+from service.gateway.store import JobStore
+from service.jobs.layout import decode_hash, job_key
 from service.settings import Settings
-from service.worker import run_worker
+from service.worker.process import run_worker
 
 FIXTURE = Path(__file__).resolve()
-REPO = FIXTURE.parents[2]
-SIZES = (64, 256, 1024)
-
-
-@dataclass(frozen=True)
-class FakeSampling:
-    size: int = 64
-    prior_steps: int = 2
-    prior_guidance: float = 4.0
-    decoder_steps: int = 2
-    decoder_guidance: float = 8.0
-    decoder_image_guidance: float | None = None
-    inversion_guidance: float = 1.0
-    text_diff_strength: float = 0.5
-    sr256_steps: int = 1
-    sr1024_steps: int = 1
-
-
-@dataclass(frozen=True)
-class FakeProgress:
-    stage: str
-    step: int
-    total: int
+REPO = FIXTURE.parents[3]
+# The contract's Sampling (its validation included), with defaults that make a fake job quick.
+FAKE_DEFAULTS = Sampling(size=64, prior_steps=2, decoder_steps=2, sr256_steps=1, sr1024_steps=1)
 
 
 def colour(seed: int, text: str = "") -> tuple[int, int, int]:
@@ -79,31 +60,30 @@ class FakePipeline:
         self.fail_times = fail_times
         self.failures = 0
         self.calls: list[dict[str, Any]] = []  # op, seeds, steps run
-        self.default_sampling = FakeSampling()
+        self.default_sampling = FAKE_DEFAULTS
 
-    def sampling(self, **overrides: Any) -> FakeSampling:
-        chosen = replace(self.default_sampling, **{k: v for k, v in overrides.items() if v is not None})
-        if chosen.size not in SIZES:
-            raise ValueError(f"size must be one of {SIZES}, got {chosen.size}")
-        return chosen
+    def sampling(self, **overrides: Any) -> Sampling:
+        return replace(self.default_sampling, **{k: v for k, v in overrides.items() if v is not None})
 
     def truncated(self, prompts: list[str]) -> list[bool]:
         return [len(prompt) > self.context_chars for prompt in prompts]
 
-    def _sample(self, op: str, seeds: list[int], sampling: FakeSampling, texts: list[str],
-                progress: Any) -> None:
+    def _sample(self, op: str, seeds: list[int], sampling: Sampling, texts: list[str], progress: Any,
+                stages: tuple[tuple[str, int], ...] | None = None) -> None:
+        """Reports `stages` (default: the prior's, then the decoder's steps)."""
         call = {"op": op, "seeds": list(seeds), "steps": 0}
         self.calls.append(call)
         failing = self.fail_times is None or self.failures < self.fail_times
         if failing and any("fail" in text for text in texts):
             self.failures += 1
             raise RuntimeError("fake pipeline failure")
-        for stage, total in (("prior", sampling.prior_steps), ("decoder", sampling.decoder_steps)):
+        stages = stages or (("prior", sampling.prior_steps), ("decoder", sampling.decoder_steps))
+        for stage, total in stages:
             for step in range(1, total + 1):
                 time.sleep(self.step_delay)
                 call["steps"] += 1
                 if progress is not None:
-                    progress(FakeProgress(stage, step, total))
+                    progress(Progress(stage, step, total))
 
     @staticmethod
     def _draw(size: int, seed: int, text: str) -> Image.Image:
@@ -193,12 +173,6 @@ def wait_for_status(client: redis.Redis, job_id: str, statuses: tuple[str, ...] 
 
 def png_image(png: bytes) -> Image.Image:
     return Image.open(io.BytesIO(png)).convert("RGB")
-
-
-def png_base64(picture: Image.Image) -> str:
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
 
 
 @contextmanager
