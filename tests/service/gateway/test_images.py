@@ -1,4 +1,3 @@
-import base64
 import io
 
 import pytest
@@ -6,7 +5,6 @@ from PIL import Image
 
 from models.contract import repaint_mask
 from service.gateway import images
-from service.jobs.codec import png_base64
 from tests.service.gateway.gateway_images import b64, gif, jpeg, png, png_header_only, rgba_with_hole
 
 LIMIT = 4096 * 4096
@@ -84,13 +82,6 @@ def test_alpha_zero_pixels_are_the_repaint_area():
     assert mask.getpixel((10, 10)) == 255
     assert mask.getpixel((2, 2)) == 0
     assert sum(1 for value in mask.tobytes() if value == 255) == 16 * 16
-
-
-def test_png_base64_round_trips_pixels():
-    image = Image.new("RGB", (8, 8), (9, 99, 199))
-    back = Image.open(io.BytesIO(base64.b64decode(png_base64(image))))
-    assert back.format == "PNG"
-    assert back.getpixel((3, 3)) == (9, 99, 199)
 
 
 def test_downscale_changes_size_only_when_needed():
