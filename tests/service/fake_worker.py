@@ -10,7 +10,7 @@ from typing import Any
 
 from PIL import Image
 
-from models.contract import Sampling
+from models.contract import DEFAULT_FRAMES, DEFAULT_LATENT, Sampling
 from service.settings import Settings
 from tests.service.worker.worker_fixtures import FakePipeline, worker_thread
 
@@ -41,11 +41,13 @@ class GatewayPipeline(FakePipeline):
         self._run("inpaint", seeds, sampling, prompts, progress, len(seeds))
         return [resized(mask, sampling.size) for mask in masks]
 
-    def interpolate(self, images_a, images_b, seeds, sampling, frames=5, latent="slerp", progress=None):
+    def interpolate(self, images_a, images_b, seeds, sampling, frames=DEFAULT_FRAMES, latent=DEFAULT_LATENT,
+                    progress=None):
         self._run("interpolate", seeds, sampling, [], progress, len(seeds) * frames)
         return [[resized(image, sampling.size)] * frames for image in images_a]
 
-    def text_diff(self, images, prompts, source_captions, seeds, sampling, frames=5, progress=None):
+    def text_diff(self, images, prompts, source_captions, seeds, sampling, frames=DEFAULT_FRAMES,
+                  progress=None):
         self._run("text_diff", seeds, sampling, prompts, progress, len(seeds) * frames)
         return [[resized(image, sampling.size)] * frames for image in images]
 

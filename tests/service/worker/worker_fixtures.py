@@ -28,7 +28,7 @@ import redis
 import redis.asyncio
 from PIL import Image
 
-from models.contract import Progress, Sampling
+from models.contract import DEFAULT_FRAMES, DEFAULT_LATENT, Progress, Sampling
 from service.gateway.store import JobStore
 from service.jobs.layout import decode_hash, job_key
 from service.settings import Settings
@@ -102,11 +102,13 @@ class FakePipeline:
         self._sample("inpaint", seeds, sampling, prompts, progress)
         return [self._draw(sampling.size, s, p) for p, s in zip(prompts, seeds, strict=True)]
 
-    def interpolate(self, images_a, images_b, seeds, sampling, frames=5, latent="slerp", progress=None):
+    def interpolate(self, images_a, images_b, seeds, sampling, frames=DEFAULT_FRAMES, latent=DEFAULT_LATENT,
+                    progress=None):
         self._sample("interpolate", seeds, sampling, [], progress)
         return [[self._draw(sampling.size, s + f, latent) for f in range(frames)] for s in seeds]
 
-    def text_diff(self, images, prompts, source_captions, seeds, sampling, frames=5, progress=None):
+    def text_diff(self, images, prompts, source_captions, seeds, sampling, frames=DEFAULT_FRAMES,
+                  progress=None):
         self._sample("text_diff", seeds, sampling, prompts, progress)
         return [[self._draw(sampling.size, s + f, p) for f in range(frames)]
                 for p, s in zip(prompts, seeds, strict=True)]
