@@ -109,7 +109,7 @@ class Worker:
             return 0
         self.metrics.batch_jobs.observe(len(running))
         self.metrics.batch_images.observe(sum(image_count(r.job.op, r.job.params) for r in running))
-        progress = BatchProgress(self.queue, running, self.metrics, self.heartbeat)
+        progress = BatchProgress(self.queue, [r.job.id for r in running], self.metrics, self.heartbeat)
         try:
             outputs = self.executor.run([r.prepared for r in running], progress)
         except JobCancelled:

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 from models.contract import Progress
 from service.worker.metrics import WorkerMetrics
 from service.worker.probe import Heartbeat
 from service.worker.queue import WorkerQueue
-
-if TYPE_CHECKING:
-    from service.worker.loop import RunningJob
 
 
 class JobCancelled(Exception):
@@ -23,12 +19,12 @@ class BatchProgress:
     the ones that should stop, raises JobCancelled once none is wanted, and times the pipeline stages."""
 
     def __init__(
-        self, queue: WorkerQueue, jobs: list[RunningJob], metrics: WorkerMetrics, heartbeat: Heartbeat
+        self, queue: WorkerQueue, job_ids: list[str], metrics: WorkerMetrics, heartbeat: Heartbeat
     ):
         self.queue = queue
         self.metrics = metrics
         self.heartbeat = heartbeat
-        self.wanted = [running.job.id for running in jobs]
+        self.wanted = list(job_ids)
         self.stopped: set[str] = set()
         self._stage_started = time.monotonic()
 
