@@ -4,7 +4,7 @@ python -m service.gateway.openapi            # regenerate openapi.yaml at the re
 python -m service.gateway.openapi --check    # exit 1 when the file differs from the app
 python -m service.gateway.openapi PATH       # write (or --check) another file
 
-tests/service/test_openapi.py holds the file equal to what a running gateway serves at /openapi.json.
+tests/service/gateway/test_openapi.py holds the file equal to what a running gateway serves at /openapi.json.
 """
 
 from __future__ import annotations
