@@ -16,6 +16,7 @@ from torch import nn
 
 from models.attention import attention
 from models.config import CLIPConfig
+from models.nn import LayerNorm
 
 # The RGB statistics CLIP was trained with, on images in [0, 1].
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -26,16 +27,6 @@ class TextEncoding(NamedTuple):
     embeds: torch.Tensor  # [B, E], L2-normalised
     states: torch.Tensor  # [B, L, W], every token after the final layer norm
     mask: torch.Tensor  # [B, L] bool, True up to and including the end-of-text token
-
-
-class LayerNorm(nn.LayerNorm):
-    """Normalises in at least float32 whatever the dtype (fp16 statistics overflow; float64 stays)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        wide = torch.promote_types(x.dtype, torch.float32)
-        return F.layer_norm(
-            x.to(wide), self.normalized_shape, self.weight.to(wide), self.bias.to(wide), self.eps
-        ).to(x.dtype)
 
 
 class QuickGELU(nn.Module):

@@ -44,7 +44,8 @@ import torch
 
 from models.checkpoint import UnCLIPModels, build_models, load_checkpoint, save_checkpoint
 from models.clip import CLIP
-from models.config import CLIPConfig, DiffusionConfig, PriorConfig, SamplingDefaults, UnCLIPConfig, UNetConfig
+from models.config import CLIPConfig, DiffusionConfig, PriorConfig, UnCLIPConfig, UNetConfig
+from models.contract import Sampling
 from models.convert.clip_hf import check_tokenizer, find_tokenizer, load_hf_clip
 from models.convert.diffusers_unet import unet_config, unet_tensors
 from models.convert.hf_files import ConversionError, TensorSource, read_config, read_weights
@@ -52,7 +53,7 @@ from models.tokenizer import Tokenizer
 
 SR_LAST_FILE = "sr256_last.safetensors"  # written by save_checkpoint for the sr256_last component
 # Karlo's published defaults (UnCLIPPipeline): 25 prior steps at guidance 4, 25 decoder steps at 8, 7 SR.
-KARLO_SAMPLING = SamplingDefaults(
+KARLO_SAMPLING = Sampling(
     size=256, prior_steps=25, prior_guidance=4.0, decoder_steps=25, decoder_guidance=8.0
 )
 PRIOR_REQUIRED = {
