@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from models.contract import INVERTING_OPS, OPS
+
 CONFIG_FILE = "unclip.json"
 SHIPPED_FOLDER = Path(__file__).parent / "weights" / "default"
-OPERATIONS = ("generate", "variation", "interpolate", "text_diff", "inpaint")
-# The operations that encode an input image with CLIP's vision tower.
-IMAGE_OPERATIONS = ("variation", "interpolate", "text_diff")
+OPERATIONS = OPS
+# The operations that encode an input image with CLIP's vision tower (inpaint keeps its image's pixels).
+IMAGE_OPERATIONS = INVERTING_OPS
 UPSAMPLERS = ("sr256", "sr256_last", "sr1024")
 NO_IMAGE_ENCODER = (
     "this checkpoint has no CLIP image encoder, so variation, interpolate and text_diff cannot run; import "

@@ -17,6 +17,7 @@ from torch import nn
 from models.attention import attention
 from models.capabilities import NO_IMAGE_ENCODER
 from models.config import CLIP_MEAN, CLIP_STD, CLIPConfig
+from models.nn import LayerNorm
 
 __all__ = ["CLIP", "CLIP_MEAN", "CLIP_STD", "NoImageEncoderError", "TextEncoding"]
 
@@ -29,16 +30,6 @@ class TextEncoding(NamedTuple):
     embeds: torch.Tensor  # [B, E], L2-normalised
     states: torch.Tensor  # [B, L, W], every token after the final layer norm
     mask: torch.Tensor  # [B, L] bool, True up to and including the end-of-text token
-
-
-class LayerNorm(nn.LayerNorm):
-    """Normalises in at least float32 whatever the dtype (fp16 statistics overflow; float64 stays)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        wide = torch.promote_types(x.dtype, torch.float32)
-        return F.layer_norm(
-            x.to(wide), self.normalized_shape, self.weight.to(wide), self.bias.to(wide), self.eps
-        ).to(x.dtype)
 
 
 class QuickGELU(nn.Module):

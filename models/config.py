@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Self
 
+from models.contract import Sampling
+
 SCHEDULES = ("cosine", "linear")
 PREDICTIONS = ("eps", "x0")
 ACTIVATIONS = ("quick_gelu", "gelu")
@@ -224,29 +226,13 @@ class UNetConfig(_JSONConfig):
 
 
 @dataclass
-class SamplingDefaults(_JSONConfig):
-    """The default `models.pipeline.Sampling` of a checkpoint (same fields)."""
-
-    size: int = 1024
-    prior_steps: int = 25
-    prior_guidance: float = 4.0
-    decoder_steps: int = 25
-    decoder_guidance: float = 8.0
-    decoder_image_guidance: float | None = None
-    inversion_guidance: float = 1.0
-    text_diff_strength: float = 0.5
-    sr256_steps: int = 7
-    sr1024_steps: int = 7
-
-
-@dataclass
 class UnCLIPConfig:
     clip: CLIPConfig
     prior: PriorConfig
     decoder: UNetConfig
     sr256: UNetConfig
     sr1024: UNetConfig | None
-    sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
+    sampling: Sampling = field(default_factory=Sampling)  # the checkpoint's defaults
     prior_diffusion: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(predict="x0"))
     decoder_diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     sr256_diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
@@ -298,13 +284,13 @@ class UnCLIPConfig:
 
 
 _FIELDS = dataclasses.fields(UnCLIPConfig)
-_FIELD_TYPES: dict[str, type[_JSONConfig]] = {
+_FIELD_TYPES: dict[str, type[_JSONConfig] | type[Sampling]] = {
     "clip": CLIPConfig,
     "prior": PriorConfig,
     "decoder": UNetConfig,
     "sr256": UNetConfig,
     "sr1024": UNetConfig,
-    "sampling": SamplingDefaults,
+    "sampling": Sampling,
     "prior_diffusion": DiffusionConfig,
     "decoder_diffusion": DiffusionConfig,
     "sr256_diffusion": DiffusionConfig,

@@ -9,23 +9,13 @@ entries have unit variance like the noise). Rows with `drop_text` see a learned 
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.clip import LayerNorm, TextEncoding, Transformer
+from models.clip import TextEncoding, Transformer
 from models.config import PriorConfig
-
-
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding `[B, dim]` of integer timesteps `[B]` (Transformer / ADM), in float32."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = t.float()[:, None] * freqs[None]
-    embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    return F.pad(embedding, (0, dim % 2))
+from models.nn import LayerNorm, timestep_embedding
 
 
 class DiffusionPrior(nn.Module):

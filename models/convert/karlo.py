@@ -47,7 +47,8 @@ import torch
 
 from models.checkpoint import UnCLIPModels, build_models, load_checkpoint, save_checkpoint
 from models.clip import CLIP
-from models.config import CLIPConfig, DiffusionConfig, PriorConfig, SamplingDefaults, UnCLIPConfig, UNetConfig
+from models.config import CLIPConfig, DiffusionConfig, PriorConfig, UnCLIPConfig, UNetConfig
+from models.contract import Sampling
 from models.convert.clip_hf import check_tokenizer, find_tokenizer, load_hf_clip
 from models.convert.diffusers_unet import unet_config, unet_tensors
 from models.convert.hf_files import ConversionError, TensorSource, read_config, read_weights
@@ -61,7 +62,7 @@ TEXT_TO_IMAGE_PARTS = (
     "super_res_first", "super_res_last", "super_res_scheduler",
 )  # fmt: skip
 # Karlo's published defaults (UnCLIPPipeline): 25 prior steps at guidance 4, 25 decoder steps at 8, 7 SR.
-KARLO_SAMPLING = SamplingDefaults(
+KARLO_SAMPLING = Sampling(
     size=256, prior_steps=25, prior_guidance=4.0, decoder_steps=25, decoder_guidance=8.0
 )
 PRIOR_REQUIRED = {
