@@ -15,6 +15,7 @@ from typing import Any
 
 import redis.asyncio
 
+from service.gateway.live_models import LiveModels
 from service.jobs.layout import counts_key, decode_hash, events_channel, job_key, result_key, text
 from service.jobs.lua import CANCEL_LUA, SUBMIT_LUA
 from service.jobs.states import STATUSES, TERMINAL, JobStatus
@@ -91,6 +92,7 @@ class JobStore:
         self.settings = settings
         self._submit = redis.register_script(SUBMIT_LUA)
         self._cancel = redis.register_script(CANCEL_LUA)
+        self.models = LiveModels(redis, settings)  # what the live workers serve (GET /v1/models, refusals)
 
     async def submit(self, op: str, params: dict, owner: str, expected_images: int) -> Job:
         """Queues a job; raises Backlogged when `backlog_limit` jobs are queued already."""

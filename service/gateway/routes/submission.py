@@ -53,7 +53,12 @@ def job_params(body: BaseModel, settings: Settings) -> dict[str, Any]:
 
 
 async def submit(store: JobStore, op: str, params: dict[str, Any], owner: str, expected: int) -> Job:
-    """Queues a job; 429 with Retry-After when the backlog is full."""
+    """Queues a job; 422 when no live worker can run it (op or size), 429 with Retry-After when the backlog
+    is full."""
+    refusal = await store.models.refusal(op, params.get("size"))
+    if refusal is not None:
+        message, field = refusal
+        raise ApiError(422, message, param=field, code=f"unsupported_{field}")
     try:
         job = await store.submit(op, params, owner, expected)
     except Backlogged as full:
