@@ -138,3 +138,20 @@ def test_a_refusal_from_the_pipeline_is_not_retried(redis_url: str, client: redi
     time.sleep(1.5)  # a lease later, nothing ran it again
     assert job_state(client, job_id)["attempts"] == "1" and len(pipeline.calls) == 1
 
+
+
+def test_the_real_pipeline_without_an_image_tower_fails_a_variation_at_once(
+    redis_url: str, client: redis.Redis, checkpoints: dict[str, Path]
+) -> None:
+    # The real UnCLIPPipeline on the text-only checkpoint, no card (so no refusal before the run): models.clip
+    # raises its NoImageEncoderError, an UnsupportedOperation, and the loop does not retry it.
+    from models.pipeline import UnCLIPPipeline
+
+    settings = worker_settings(redis_url, max_attempts=3)
+    pipeline = UnCLIPPipeline.from_checkpoint(checkpoints["text"], device="cpu", dtype="float32")
+    job_id = submit(settings, "variation", VARIATION | {"prior_steps": 1, "decoder_steps": 1})
+    with worker_thread(settings, pipeline):
+        state = wait_for_status(client, job_id, timeout=60)
+        time.sleep(1.5)  # a lease later, nothing ran it again
+    assert state["status"] == "failed" and state["error"] == NO_IMAGE_ENCODER
+    assert job_state(client, job_id)["attempts"] == "1"
