@@ -9,6 +9,7 @@ Screenshots go to pytest's tmp_path, and also to $UNCLIP_SCREENSHOTS when set.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
 
+import httpx
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -189,30 +191,45 @@ class Page:
             "  .observe(bar, {attributes: true, attributeFilter: ['value', 'max']});"
         )
 
-    def screenshot(self, name: str, folder: Path) -> Path:
+    def screenshot(self, name: str, folder: Path) -> list[Path]:
+        """The viewport as `playground-NAME.png` and the whole page as `playground-NAME-full.png`."""
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"playground-{name}.png"
-        assert self.chrome.save_screenshot(str(path))
+        viewport, full = folder / f"playground-{name}.png", folder / f"playground-{name}-full.png"
+        assert self.chrome.save_screenshot(str(viewport))
+        width, height = self.chrome.execute_script(
+            "return [innerWidth, document.documentElement.scrollHeight]")
+        shot = self.chrome.execute_cdp_cmd("Page.captureScreenshot", {
+            "format": "png", "captureBeyondViewport": True,
+            "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1}})
+        full.write_bytes(base64.b64decode(shot["data"]))
         if os.environ.get("UNCLIP_SCREENSHOTS"):
             target = Path(os.environ["UNCLIP_SCREENSHOTS"])
             target.mkdir(parents=True, exist_ok=True)
-            shutil.copy(path, target / path.name)
-        return path
+            for path in (viewport, full):
+                shutil.copy(path, target / path.name)
+        return [viewport, full]
 
 
 @pytest.fixture
 def page(driver: webdriver.Chrome, server: str) -> Iterator[Page]:
     """The page freshly loaded with the API key in place; after the test, the console and the
     network are checked."""
-    set_viewport(driver, *DESKTOP)
-    driver.get(server)
-    driver.execute_script("localStorage.setItem('unclip.apiKey', arguments[0])", API_KEY)
-    driver.get(server)
-    current = Page(driver, server)
-    current.wait(lambda: current.find("#api-key").get_attribute("value") == API_KEY, 10)
+    current = open_page(driver, server, API_KEY)
     yield current
     check_console(driver, current.expected_console_errors)
     check_same_origin(driver, server)
+
+
+def open_page(driver: webdriver.Chrome, url: str, key: str) -> Page:
+    set_viewport(driver, *DESKTOP)
+    driver.get(url)
+    driver.execute_script("localStorage.setItem('unclip.apiKey', arguments[0])", key)
+    driver.get(url)
+    page = Page(driver, url)
+    page.wait(lambda: page.find("#api-key").get_attribute("value") == key, 10)
+    driver.get_log("browser")  # start the checks from this load
+    driver.get_log("performance")
+    return page
 
 
 def check_console(chrome: webdriver.Chrome, expected: list[str]) -> None:
@@ -353,8 +370,55 @@ def test_without_the_key_the_401_shows_at_the_key_field(page: Page) -> None:
     assert page.chrome.execute_script("return localStorage.getItem('unclip.apiKey')") == ""
 
 
+@pytest.fixture
+def full_queue(redis_url: str, tmp_path: Path) -> Iterator[str]:
+    """`unclip gateway` alone, whose queue counts as full from the first job (backlog limit 0)."""
+    port = free_port()
+    env = {name: value for name, value in os.environ.items() if not name.startswith("UNCLIP_")}
+    env |= {"UNCLIP_BACKLOG_LIMIT": "0", "UNCLIP_LOG_LEVEL": "warning"}
+    with open(tmp_path / "gateway.log", "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "gateway", "--port", str(port), "--redis-url", redis_url],
+            cwd=REPO, env=env, stdout=log, stderr=log,
+        )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 30
+        while not ready(url):
+            log = (tmp_path / "gateway.log").read_text()
+            assert process.poll() is None and time.monotonic() < deadline, log
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}readyz", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_a_full_queue_gets_a_429_and_the_button_waits_out_retry_after(
+    driver: webdriver.Chrome, full_queue: str
+) -> None:
+    page = open_page(driver, full_queue, "")
+    page.type_into("#prompt", PROMPT)
+    page.find("#submit").click()
+    message = page.wait(lambda: page.text("#form-error"), 20, "the 429 message")
+    assert "queue is full" in message and "ready in" in message
+    assert not page.find("#submit").is_enabled()
+    page.wait(lambda: page.text("#form-error") != message, 5, "the countdown to tick")
+    check_console(driver, ["429"])
+    check_same_origin(driver, full_queue)
+
+
 def test_screenshots_at_desktop_and_phone_width(page: Page, tmp_path: Path) -> None:
     # A real picture (the checkpoint's own sampling settings), then an inpaint with a stroke painted.
+    page.find("#gallery-clear").click()
+    assert page.gallery() == [] and page.find("#gallery-empty").is_displayed()
     page.choose_op("generate")
     page.choose_size(64)
     page.type_into("#prompt", PROMPT)
@@ -379,5 +443,5 @@ def test_screenshots_at_desktop_and_phone_width(page: Page, tmp_path: Path) -> N
         "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
     assert overflow <= 0, f"the page is {overflow} px wider than the phone"
     phone = page.screenshot("phone", tmp_path)
-    assert desktop.stat().st_size > 0 and phone.stat().st_size > 0
+    assert all(path.stat().st_size > 0 for path in desktop + phone)
 

@@ -116,20 +116,17 @@ const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 
 /** Follows a job until it ends, calling onUpdate(job) on every change; resolves to the final job.
  * A dropped stream (network, proxy timeout) is resumed after a look at the job's current state. */
-async function followJob(job, onUpdate, signal) {
+async function followJob(job, onUpdate) {
   for (;;) {
     try {
-      const response = await api(`/v1/jobs/${job.id}/events`, {
-        headers: { Accept: "text/event-stream" },
-        signal,
-      });
+      const response = await api(`/v1/jobs/${job.id}/events`, { headers: { Accept: "text/event-stream" } });
       for await (const event of readServerSentEvents(response.body)) {
         job = JSON.parse(event.data);
         onUpdate(job);
         if (event.type === "status") return job;
       }
     } catch (error) {
-      if (error instanceof ApiError || signal.aborted) throw error;
+      if (error instanceof ApiError) throw error;
       // a network error: fall through, look at the job, reconnect
     }
     await new Promise((resolve) => setTimeout(resolve, 1000));
@@ -292,11 +289,12 @@ function describeBody(body) {
   return `POST /v1/jobs\n${JSON.stringify(body, (key, value) => short(value), 2)}`;
 }
 
-let running = null; // {job, controller} while a job is followed
+let busy = false; // one job at a time: from the submission until its pictures are shown
+let running = null; // the job being followed, once queued
 
 async function onSubmit(event) {
   event.preventDefault();
-  if (running) return;
+  if (busy) return; // e.g. Enter pressed again in the prompt
   clearErrors();
   const op = currentOp();
   const missing = missingInputs(op);
@@ -304,19 +302,20 @@ async function onSubmit(event) {
 
   const body = readBody(op);
   $("#request-body").textContent = describeBody(body);
+  busy = true;
   submitButton.disabled = true;
-  const controller = new AbortController();
   try {
     showQueued();
     const job = await submitJob(body);
-    running = { job, controller };
-    const final = await followJob(job, showProgress, controller.signal);
+    running = job;
+    const final = await followJob(job, showProgress);
     await showFinal(final);
   } catch (error) {
     hideProgress();
     if (!running) stateBadge.hidden = true; // nothing was queued
-    if (!controller.signal.aborted) showApiError(error);
+    showApiError(error);
   } finally {
+    busy = false;
     running = null;
     submitButton.disabled = Date.now() < heldUntil;
   }
@@ -542,7 +541,7 @@ async function onCancel() {
   if (!running) return;
   $("#cancel").disabled = true;
   try {
-    showProgress(await cancelJob(running.job.id));
+    showProgress(await cancelJob(running.id));
   } catch (error) {
     showApiError(error);
   }
