@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image, ImageDraw
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
@@ -330,6 +331,29 @@ def test_interpolate_shows_a_strip_that_plays_as_a_loop(page: Page) -> None:
     page.wait(lambda: page.text("#player-caption") != caption, 5, "the loop to move on")
     assert page.find("#player-toggle").get_attribute("aria-pressed") == "true"
     page.find("#player-toggle").click()
+
+
+def test_text_diff_of_a_picked_file(page: Page, tmp_path: Path) -> None:
+    picture = Image.new("RGB", (64, 64), "white")
+    ImageDraw.Draw(picture).ellipse((16, 16, 48, 48), fill="red")
+    picture.save(tmp_path / "red-circle.png")
+    page.choose_op("text_diff")
+    page.find("#image").send_keys(str(tmp_path / "red-circle.png"))  # the drop zone's file input
+    page.wait(lambda: page.find('[data-slot="image"] .preview').is_displayed(), 10, "the picked file")
+    page.type_into("#prompt", "a blue circle on a white background")
+    page.type_into("#source_caption", "a red circle on a white background")
+    page.type_into("#frames", "2")
+    page.type_into("#text_diff_strength", "0.5")
+    page.choose_size(64)
+    page.fast_sampling()
+    page.submit_and_wait()
+    assert len(page.find_all("#strip button")) == 2
+    shown = page.chrome.execute_script("return document.querySelector('#request-body').textContent")
+    method, body = shown.split("\n", 1)
+    sent = json.loads(body)
+    assert method == "POST /v1/jobs" and sent["op"] == "text_diff" and sent["image"].startswith("<image/png")
+    assert (sent["frames"], sent["text_diff_strength"], sent["size"]) == (2, 0.5, 64)
+    assert sent["source_caption"] == "a red circle on a white background"
 
 
 def test_cancel_a_running_job(page: Page) -> None:

@@ -208,8 +208,9 @@ function readBody(op) {
 
 /** Seeds go up to 2^63 − 1, past what a JS number holds exactly; JSON.rawJSON writes the digits as
  * they are (browsers without it send a rounded number, which the server still accepts). */
-function exactInteger(digits) {
-  return typeof JSON.rawJSON === "function" ? JSON.rawJSON(BigInt(digits).toString()) : Number(digits);
+function exactInteger(text) {
+  const plain = /^\d+$/.test(text) && typeof JSON.rawJSON === "function";
+  return plain ? JSON.rawJSON(BigInt(text).toString()) : Number(text); // BigInt drops leading zeros
 }
 
 /** What the server would say anyway, said before the upload: missing images, an empty mask. */
