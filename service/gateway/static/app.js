@@ -618,14 +618,12 @@ function togglePlayer() {
   const count = $$("#strip button").length;
   player = setInterval(() => showFrame((Number($("#player").dataset.frame) + 1) % count), 1000 / PLAYER_FPS);
   $("#player-toggle").textContent = "Pause";
-  $("#player-toggle").setAttribute("aria-pressed", "true");
 }
 
 function stopPlayer() {
   clearInterval(player);
   player = null;
   $("#player-toggle").textContent = "Play loop";
-  $("#player-toggle").setAttribute("aria-pressed", "false");
 }
 
 // ---- 9. The gallery -----------------------------------------------------------------------------------
