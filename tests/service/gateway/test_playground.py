@@ -17,7 +17,7 @@ import httpx
 import yaml
 
 from service.gateway import playground
-from tests.service.gateway_fixtures import gateway_settings, live_gateway
+from tests.service.gateway.gateway_fixtures import gateway_settings, live_gateway
 
 REPO = Path(__file__).resolve().parents[3]
 CONTRACT = yaml.safe_load((REPO / "openapi.yaml").read_text(encoding="utf-8"))
