@@ -90,7 +90,7 @@ def _pair_body(a: ShapeSpec, b: ShapeSpec, rng: random.Random) -> str:
         return rng.choice(
             (
                 f"two {plural}, one {a.colour} and one {b.colour}",
-                f"two {plural}: a {a.colour} one and a {b.colour} one",
+                f"two {plural}: {_article(a.colour)} {a.colour} one and {_article(b.colour)} {b.colour} one",
             )
         )
     for word, where_a, where_b in RELATIONS:

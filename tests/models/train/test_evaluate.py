@@ -305,3 +305,23 @@ def test_wilson_intervals() -> None:
     assert evaluate.wilson(10, 10) == pytest.approx((0.722, 1.0), abs=1e-3)
     low, high = evaluate.wilson(80, 100)
     assert low < 0.8 < high and high - low < 0.17
+
+
+def test_evaluate_command_passes_guidance_overrides(monkeypatch, capsys) -> None:
+    from models.pipeline import UnCLIPPipeline
+    from models.train.cli import main
+
+    seen: list[dict[str, Any]] = []
+
+    class Recording(TruthPipeline):
+        def sampling(self, **overrides: Any) -> dict[str, Any]:
+            seen.append(overrides)
+            return overrides
+
+    monkeypatch.setattr(UnCLIPPipeline, "from_checkpoint", classmethod(lambda cls, *a, **k: Recording()))
+    monkeypatch.setattr(evaluate, "held_out_prompts", prompts_of)
+    arguments = ["evaluate", "--sizes", "64", "--prompts", "1", "--sets", "phrasings", "--no-operations"]
+    assert main([*arguments, "--decoder-guidance", "4", "--decoder-image-guidance", "2.5"]) == 0
+    assert seen and all(s["decoder_guidance"] == 4 and s["decoder_image_guidance"] == 2.5 for s in seen)
+    assert all(s["prior_guidance"] is None for s in seen)  # not given: the checkpoint's own
+    assert "held-out structures" not in capsys.readouterr().out
