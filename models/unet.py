@@ -19,9 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.attention import attention
-from models.clip import LayerNorm
 from models.config import UNetConfig
-from models.prior import timestep_embedding
+from models.nn import LayerNorm, timestep_embedding
 
 
 class GroupNorm(nn.GroupNorm):
@@ -371,7 +370,3 @@ class SuperResUNet(UNet):
             low_res.to(x.dtype), x.shape[-2:], mode=mode, align_corners=False, antialias=mode == "bicubic"
         )
         return super().forward(torch.cat([x, upsampled], dim=1), t)
-
-
-def build_unet(config: UNetConfig) -> DecoderUNet | SuperResUNet:
-    return DecoderUNet(config) if config.kind == "decoder" else SuperResUNet(config)
