@@ -57,9 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--device", default="auto")
     check.add_argument("--seed", type=int, default=0)
     check.add_argument("--repeats", type=int, default=1, help="prompt sets (more pictures, less noise)")
+    check.add_argument(
+        "--sets",
+        nargs="+",
+        default=["phrasings", "structures"],
+        choices=["templates", "phrasings", "structures"],
+        help="held-out prompt sets: template wording, held-out phrasings, held-out structures",
+    )
     check.add_argument("--prior-steps", type=int)
     check.add_argument("--decoder-steps", type=int)
     check.add_argument("--sr-steps", type=int, help="steps of each upsampler")
+    check.add_argument("--prior-guidance", type=float)
+    check.add_argument("--decoder-guidance", type=float, help="the caption's guidance scale")
+    check.add_argument("--decoder-image-guidance", type=float, help="z_i guidance, apart from the caption")
     check.add_argument("--no-operations", action="store_true", help="skip variation/interpolation/... checks")
     check.add_argument("--images", type=Path, help="also save every generated picture here")
     check.add_argument("--json", type=Path, help="also write the figures here")
@@ -125,23 +135,28 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "decoder_steps": args.decoder_steps,
         "sr256_steps": args.sr_steps,
         "sr1024_steps": args.sr_steps,
+        "prior_guidance": args.prior_guidance,
+        "decoder_guidance": args.decoder_guidance,
+        "decoder_image_guidance": args.decoder_image_guidance,
     }
     # Repeat r words the prompts afresh (prompt seed + r), draws noise from seeds REPEAT_SEEDS·r on and
     # checks the operations on inputs of that seed; the figures are over all repeats.
-    repeats = [
-        (held_out_prompts(args.prompts, args.seed + r), args.seed + REPEAT_SEEDS * r)
-        for r in range(args.repeats)
-    ]
-    generation, operations = {}, {}
+    seeds = [args.seed + REPEAT_SEEDS * r for r in range(args.repeats)]
+    generation: dict[int, dict[str, dict[str, CategoryResult]]] = {}
+    operations = {}
     for size in args.sizes:
-        generation[size] = {category: CategoryResult() for category in CATEGORIES}
-        for prompts, seed in repeats:
-            save = None if args.images is None else _picture_saver(args.images / str(size), seed)
-            results = evaluate_generation(pipeline, prompts, size, seed, args.batch, overrides, save)
-            for category, result in results.items():
-                generation[size][category].merge(result)
+        generation[size] = {}
+        for prompt_set in args.sets:
+            merged = generation[size][prompt_set] = {category: CategoryResult() for category in CATEGORIES}
+            for r, seed in enumerate(seeds):
+                prompts = held_out_prompts(args.prompts, args.seed + r, prompt_set)
+                folder = None if args.images is None else args.images / str(size) / prompt_set
+                save = None if folder is None else _picture_saver(folder, seed)
+                results = evaluate_generation(pipeline, prompts, size, seed, args.batch, overrides, save)
+                for category, result in results.items():
+                    merged[category].merge(result)
         if not args.no_operations:
-            runs = [evaluate_operations(pipeline, size, seed, overrides) for _, seed in repeats]
+            runs = [evaluate_operations(pipeline, size, seed, overrides) for seed in seeds]
             operations[size] = {
                 op: {check: sum(run[op][check] for run in runs) / len(runs) for check in checks}
                 for op, checks in runs[0].items()
@@ -150,10 +165,20 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.json is not None:
         figures = {
             str(size): {
-                **{c: {"total": r.total, **{k: r.rate(k) for k in r.checks}} for c, r in results.items()},
+                **{
+                    prompt_set: {
+                        category: {
+                            "total": r.total,
+                            **{k: r.rate(k) for k in r.checks},
+                            "intervals": {k: r.interval(k) for k in r.checks},
+                        }
+                        for category, r in results.items()
+                    }
+                    for prompt_set, results in sets.items()
+                },
                 **operations.get(size, {}),
             }
-            for size, results in generation.items()
+            for size, sets in generation.items()
         }
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from models.train import shapes
+from models.train.captions import training_caption
 from models.train.shapes import KINDS, POSITIONS, SIZES, Scene, SceneSpec
 
 COLOUR_NAMES = tuple(shapes.COLOURS)
@@ -126,7 +127,7 @@ def to_model_range(pictures: torch.Tensor) -> torch.Tensor:
 def captions(scenes: Sequence[Scene], rng: random.Random) -> tuple[list[str], list[SceneSpec]]:
     """A fresh training caption per scene, and the facts it states."""
     specs = [shapes.training_description(scene, rng) for scene in scenes]
-    return [shapes.write_caption(spec, rng) for spec in specs], specs
+    return [training_caption(spec, rng) for spec in specs], specs
 
 
 # Facts as integer rows: [background, kind, colour, size, position of shape 1, the same of shape 2].

@@ -15,6 +15,7 @@ truth.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from models.contract import Pipeline
-from models.train import shapes
+from models.train import captions, shapes
 from models.train.classify import Classification, classify
 from models.train.shapes import COLOURS, KINDS, SceneSpec, ShapeSpec
 
@@ -39,14 +40,29 @@ class Prompt:
     text: str
     spec: SceneSpec
     category: str
+    prompt_set: str = "templates"
 
 
 # ---------------------------------------------------------------------------------------------- prompts
 
+# templates: shapes.phrasings, the captions the shipped checkpoint first trained on; phrasings: the
+# training grammar of captions.py; structures: its held-out grammatical structures. All state held-out
+# facts, so no training caption holds any of them word for word.
+PROMPT_SETS = ("templates", "phrasings", "structures")
+SET_TITLES = {
+    "templates": "held-out facts, template wording",
+    "phrasings": "held-out phrasings",
+    "structures": "held-out structures",
+}
 
-def held_out_prompts(per_category: int, seed: int = 0) -> list[Prompt]:
-    """Up to `per_category` prompts of each category, every one a held-out combination."""
-    rng = random.Random(f"evaluation/{seed}")
+
+def held_out_prompts(per_category: int, seed: int = 0, prompt_set: str = "templates") -> list[Prompt]:
+    """Up to `per_category` prompts of each category, every one a held-out combination, worded as
+    `prompt_set` says."""
+    if prompt_set not in PROMPT_SETS:
+        raise ValueError(f"prompt set must be one of {PROMPT_SETS}, got {prompt_set!r}")
+    prefix = "evaluation" if prompt_set == "templates" else f"evaluation/{prompt_set}"
+    rng = random.Random(f"{prefix}/{seed}")
     colours = list(COLOURS)
     singles = [
         SceneSpec((ShapeSpec(kind, colour),), background=bg)
@@ -62,13 +78,20 @@ def held_out_prompts(per_category: int, seed: int = 0) -> list[Prompt]:
         for b in kinds_colours[i + 1 :]
         if a[1] != b[1]
     ]
+    structures = list(captions.HELD_OUT_STRUCTURES)
     prompts = []
     for category, specs in zip(CATEGORIES, (singles, pairs), strict=True):
         held = [spec for spec in specs if shapes.is_held_out(spec)]
         rng.shuffle(held)
-        for spec in held[:per_category]:
+        for i, spec in enumerate(held[:per_category]):
             spec = _with_random_details(spec, rng)
-            prompts.append(Prompt(rng.choice(shapes.phrasings(spec)), spec, category))
+            if prompt_set == "templates":
+                text = rng.choice(shapes.phrasings(spec))
+            elif prompt_set == "phrasings":
+                text = captions.held_out_phrasing(spec, rng)
+            else:
+                text = captions.structure_caption(spec, rng, structures[(i + seed) % len(structures)])
+            prompts.append(Prompt(text, spec, category, prompt_set))
     return prompts
 
 
@@ -92,9 +115,19 @@ def _with_random_details(spec: SceneSpec, rng: random.Random) -> SceneSpec:
 
 
 def score(prompt: Prompt, found: Classification) -> dict[str, bool]:
-    """Named checks of one picture; "correct" is the SHAPES.md criterion of the prompt's category."""
+    """Named checks of one picture; "correct" is the SHAPES.md criterion of the prompt's category.
+
+    Failure readings: "leaked" (a named shape colour is the background), "twice" (a named shape colour
+    on two or more shapes), "swapped" (two shapes, each with the other's kind), "empty" (no shape).
+    """
     spec = prompt.spec
     background = spec.background is None or found.background == spec.background
+    named = [s.colour for s in spec.shapes]
+    failures = {
+        "leaked": found.background in named,
+        "twice": any(sum(s.colour == colour for s in found.shapes) >= 2 for colour in named),
+        "empty": not found.shapes,
+    }
     if prompt.category == "one shape":
         want, largest = spec.shapes[0], found.largest
         colour = largest is not None and largest.colour == want.colour
@@ -104,16 +137,34 @@ def score(prompt: Prompt, found: Classification) -> dict[str, bool]:
             "colour": colour,
             "kind": kind,
             "background": background,
+            **failures,
         }
     wanted = sorted((s.colour, s.kind) for s in spec.shapes)
     top_two = sorted((s.colour, s.kind) for s in found.shapes[:2])
     colours = sorted(c for c, _ in wanted) == sorted(s.colour for s in found.shapes[:2])
+    a, b = spec.shapes
+    swapped = a.kind != b.kind and sorted([(a.colour, b.kind), (b.colour, a.kind)]) == top_two
     return {
         "correct": top_two == wanted and len(found.shapes) >= 2,
         "colours": colours,
         "count": len(found.shapes) == 2,
         "background": background,
+        **failures,
+        "swapped": swapped,
     }
+
+
+def wilson(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a binomial proportion (sound at 0 % and 100 %, unlike p ± 2σ)."""
+    if total == 0:
+        return (float("nan"), float("nan"))
+    p = successes / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+READINGS = ("correct", "leaked", "twice", "swapped", "empty")  # reported with their intervals
 
 
 @dataclass
@@ -134,9 +185,21 @@ class CategoryResult:
     def rate(self, name: str = "correct") -> float:
         return self.checks.get(name, 0) / self.total if self.total else float("nan")
 
+    def interval(self, name: str = "correct") -> tuple[float, float]:
+        return wilson(self.checks.get(name, 0), self.total)
+
     def line(self, category: str) -> str:
-        parts = ", ".join(f"{n} {self.rate(n):.0%}" for n in self.checks if n != "correct")
-        return f"{category}: {self.checks.get('correct', 0)}/{self.total} = {self.rate():.1%} ({parts})"
+        low, high = self.interval()
+        readings = [
+            f"{n} {self.rate(n):.0%} [{self.interval(n)[0]:.0%}, {self.interval(n)[1]:.0%}]"
+            for n in READINGS[1:]
+            if n in self.checks
+        ]
+        others = [f"{n} {self.rate(n):.0%}" for n in self.checks if n not in READINGS]
+        return (
+            f"{category}: {self.checks.get('correct', 0)}/{self.total} = {self.rate():.1%} "
+            f"[{low:.0%}, {high:.0%}] ({', '.join(readings + others)})"
+        )
 
 
 def batches(items: list[Any], size: int) -> Iterator[list[Any]]:
@@ -257,12 +320,16 @@ def evaluate_operations(
 
 
 def report(
-    generation: dict[int, dict[str, CategoryResult]], operations: dict[int, dict[str, dict[str, float]]]
+    generation: dict[int, dict[str, dict[str, CategoryResult]]],
+    operations: dict[int, dict[str, dict[str, float]]],
 ) -> str:
+    """generation: size → prompt set → category → result; operations: size → operation → check → rate."""
     lines = []
-    for size, results in generation.items():
+    for size, sets in generation.items():
         lines.append(f"{size} px")
-        lines += [f"  {result.line(category)}" for category, result in results.items() if result.total]
+        for prompt_set, results in sets.items():
+            lines.append(f"  {SET_TITLES.get(prompt_set, prompt_set)}")
+            lines += [f"    {r.line(category)}" for category, r in results.items() if r.total]
         for operation, checks in operations.get(size, {}).items():
             lines.append(f"  {operation}: " + ", ".join(f"{n} {v:.0%}" for n, v in checks.items()))
     return "\n".join(lines)

@@ -2,6 +2,7 @@ import json
 import random
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -40,6 +41,19 @@ def shape(kind: str, colour: str, size: str | None = None, position: str | None 
     return SceneSpec((ShapeSpec(kind, colour, size, position),), background="white")
 
 
+SPECS: dict[str, SceneSpec] = {}  # prompt text -> facts, for prompts no parser reads
+
+
+def prompts_of(*args: Any, **kwargs: Any) -> list[Prompt]:
+    prompts = held_out_prompts(*args, **kwargs)
+    SPECS.update({p.text: p.spec for p in prompts})
+    return prompts
+
+
+def facts(prompt: str) -> SceneSpec:
+    return SPECS.get(prompt) or parse_caption(prompt)
+
+
 class TruthPipeline:
     """Does what a perfect model would: draws what it is asked, from the facts the classifier reads."""
 
@@ -52,7 +66,7 @@ class TruthPipeline:
     def generate(self, prompts: list[str], seeds: list[int], sampling: dict[str, Any]) -> list[Image.Image]:
         pictures = []
         for prompt, seed in zip(prompts, seeds, strict=True):
-            spec = parse_caption(prompt)
+            spec = facts(prompt)
             if self.swap_colours:  # every shape drawn in a colour nobody asked for
                 taken = {s.colour for s in spec.shapes} | {spec.background}
                 spare = iter(c for c in COLOURS if c not in taken)
@@ -75,7 +89,7 @@ class TruthPipeline:
 
     def text_diff(self, images, prompts, source_captions, seeds, sampling, frames):
         return [
-            [image, picture(parse_caption(prompt), sampling["size"])]
+            [image, picture(facts(prompt), sampling["size"])]
             for image, prompt in zip(images, prompts, strict=True)
         ]
 
@@ -107,20 +121,25 @@ def test_prompts_are_held_out_and_parse_to_their_facts() -> None:
 
 
 @pytest.mark.parametrize("size", [64, 256])
-def test_rendered_truth_scores_every_prompt_right(size: int) -> None:
-    prompts = held_out_prompts(12, seed=1)
+@pytest.mark.parametrize("prompt_set", evaluate.PROMPT_SETS)
+def test_rendered_truth_scores_every_prompt_right(size: int, prompt_set: str) -> None:
+    prompts = prompts_of(12, seed=1, prompt_set=prompt_set)
     results = evaluate_generation(TruthPipeline(), prompts, size, batch=5)
     for category in CATEGORIES:
         assert results[category].total == 12
         assert results[category].rate() == 1.0, results[category].line(category)
-    assert "12/12 = 100.0%" in evaluate.report({size: results}, {})
+        failures = ("leaked", "twice", "swapped", "empty")
+        assert all(results[category].checks.get(f, 0) == 0 for f in failures)
+    text = evaluate.report({size: {prompt_set: results}}, {})
+    assert "12/12 = 100.0% [76%, 100%]" in text and evaluate.SET_TITLES[prompt_set] in text
 
 
 def test_wrong_colours_score_nothing_but_the_kinds() -> None:
-    results = evaluate_generation(TruthPipeline(swap_colours=True), held_out_prompts(8, seed=2), 64)
+    results = evaluate_generation(TruthPipeline(swap_colours=True), prompts_of(8, seed=2), 64)
     one, two = results["one shape"], results["two shapes"]
     assert one.rate() == 0 and one.rate("colour") == 0 and one.rate("kind") == 1
     assert two.rate() == 0 and two.rate("colours") == 0
+    assert one.rate("empty") == two.rate("empty") == 0
 
 
 def test_scoring_one_shape_reads_the_largest_shape_and_the_background() -> None:
@@ -190,6 +209,7 @@ def test_evaluate_command_prints_and_saves_the_figures(tmp_path, monkeypatch, ca
         return TruthPipeline()
 
     monkeypatch.setattr(UnCLIPPipeline, "from_checkpoint", classmethod(from_checkpoint))
+    monkeypatch.setattr(evaluate, "held_out_prompts", prompts_of)
     arguments = [
         "evaluate",
         "--checkpoint",
@@ -210,15 +230,98 @@ def test_evaluate_command_prints_and_saves_the_figures(tmp_path, monkeypatch, ca
     assert main(arguments) == 0
     assert asked == {"folder": tmp_path / "ckpt", "device": "cpu"}
     printed = capsys.readouterr().out
-    assert "one shape: 6/6 = 100.0%" in printed and "two shapes: 6/6 = 100.0%" in printed
+    assert printed.count("one shape: 6/6 = 100.0%") == printed.count("two shapes: 6/6 = 100.0%") == 2
+    assert "held-out phrasings" in printed and "held-out structures" in printed
     assert "inpaint: green square in the corner 100%, rest kept 100%" in printed
     figures = json.loads((tmp_path / "figures.json").read_text())
-    assert figures["64"]["one shape"] == {
+    one = figures["64"]["structures"]["one shape"]
+    assert {k: one[k] for k in ("total", "correct", "colour", "kind", "background", "leaked", "empty")} == {
         "total": 6,
         "correct": 1.0,
         "colour": 1.0,
         "kind": 1.0,
         "background": 1.0,
+        "leaked": 0.0,
+        "empty": 0.0,
     }
+    assert one["intervals"]["correct"] == pytest.approx([0.61, 1.0], abs=0.01)
     assert figures["64"]["text diff"] == {"ends blue": 1.0}
-    assert len(list((tmp_path / "pictures" / "64").glob("*.png"))) == 12  # 2 repeats of 6, none overwritten
+    for prompt_set in ("phrasings", "structures"):  # 2 repeats of 6, none overwritten
+        assert len(list((tmp_path / "pictures" / "64" / prompt_set).glob("*.png"))) == 12
+
+
+def two_shape_prompt() -> Prompt:
+    spec = SceneSpec((ShapeSpec("circle", "red"), ShapeSpec("square", "blue")), "white")
+    return Prompt("a circle that is red next to a blue square", spec, "two shapes", "phrasings")
+
+
+def test_failure_readings_on_known_failures() -> None:
+    """The world's renderer draws perfect pictures; each is corrupted into one known failure."""
+    prompt = two_shape_prompt()
+    right = score(prompt, classify(picture(prompt.spec, 64)))
+    assert right["correct"] and not any(right[k] for k in ("leaked", "twice", "swapped", "empty"))
+    # The red became the background; the square kept its own colour.
+    leaked = score(prompt, classify(picture(SceneSpec((ShapeSpec("square", "blue"),), "red"), 64)))
+    assert leaked["leaked"] and not leaked["correct"] and not leaked["empty"]
+    # Two red shapes: red drawn twice, blue missing (the square of a right picture recoloured).
+    right_picture = picture(SceneSpec(prompt.spec.shapes, "white"), 64)
+    checks = score(prompt, classify(_recolour(right_picture, "blue", "red")))
+    assert checks["twice"] and not checks["correct"] and not checks["swapped"], checks
+    # Kinds swapped: a red square and a blue circle.
+    swapped = SceneSpec((ShapeSpec("square", "red"), ShapeSpec("circle", "blue")), "white")
+    checks = score(prompt, classify(picture(swapped, 64)))
+    assert checks["swapped"] and checks["colours"] and not checks["correct"] and not checks["twice"]
+    # An empty canvas.
+    blank = Image.new("RGB", (64, 64), COLOURS["white"])
+    checks = score(prompt, classify(blank))
+    assert checks["empty"] and not checks["correct"] and not checks["leaked"]
+
+
+def test_one_shape_failure_readings() -> None:
+    prompt = Prompt("a circle, red, on white", shape("circle", "red"), "one shape", "phrasings")
+    flooded = Image.new("RGB", (64, 64), COLOURS["red"])
+    checks = score(prompt, classify(flooded))
+    assert checks["leaked"] and checks["empty"] and not checks["correct"]
+    pair = SceneSpec(
+        (ShapeSpec("circle", "red", "large", "left"), ShapeSpec("circle", "blue", "small", "right")), "white"
+    )
+    checks = score(prompt, classify(_recolour(picture(pair, 64), "blue", "red")))
+    assert checks["twice"] and checks["correct"] and not checks["leaked"]  # the largest is right
+
+
+def _recolour(image: Image.Image, old: str, new: str) -> Image.Image:
+    """Every pixel blended toward colour `old` moved toward `new` instead (anti-aliased edges too)."""
+    pixels = np.asarray(image, np.float32)
+    base, a, b = (np.array(COLOURS[c], np.float32) for c in ("white", old, new))
+    alpha = np.clip(((pixels - base) @ (a - base)) / ((a - base) @ (a - base)), 0, 1)
+    near = np.linalg.norm(pixels - (base + alpha[..., None] * (a - base)), axis=-1) < 20
+    out = np.where((near & (alpha > 0.05))[..., None], base + alpha[..., None] * (b - base), pixels)
+    return Image.fromarray(out.round().astype(np.uint8))
+
+
+def test_wilson_intervals() -> None:
+    assert evaluate.wilson(5, 10) == pytest.approx((0.237, 0.763), abs=1e-3)
+    assert evaluate.wilson(0, 10) == pytest.approx((0.0, 0.278), abs=1e-3)
+    assert evaluate.wilson(10, 10) == pytest.approx((0.722, 1.0), abs=1e-3)
+    low, high = evaluate.wilson(80, 100)
+    assert low < 0.8 < high and high - low < 0.17
+
+
+def test_evaluate_command_passes_guidance_overrides(monkeypatch, capsys) -> None:
+    from models.pipeline import UnCLIPPipeline
+    from models.train.cli import main
+
+    seen: list[dict[str, Any]] = []
+
+    class Recording(TruthPipeline):
+        def sampling(self, **overrides: Any) -> dict[str, Any]:
+            seen.append(overrides)
+            return overrides
+
+    monkeypatch.setattr(UnCLIPPipeline, "from_checkpoint", classmethod(lambda cls, *a, **k: Recording()))
+    monkeypatch.setattr(evaluate, "held_out_prompts", prompts_of)
+    arguments = ["evaluate", "--sizes", "64", "--prompts", "1", "--sets", "phrasings", "--no-operations"]
+    assert main([*arguments, "--decoder-guidance", "4", "--decoder-image-guidance", "2.5"]) == 0
+    assert seen and all(s["decoder_guidance"] == 4 and s["decoder_image_guidance"] == 2.5 for s in seen)
+    assert all(s["prior_guidance"] is None for s in seen)  # not given: the checkpoint's own
+    assert "held-out structures" not in capsys.readouterr().out
