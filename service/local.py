@@ -71,9 +71,16 @@ def load_pipeline(args: argparse.Namespace) -> UnCLIPPipeline:
     """Flags first, then the UNCLIP_* settings."""
     settings = get_settings()
     set_default_backend(settings.attention_backend)
-    return UnCLIPPipeline.from_checkpoint(
+    pipeline = UnCLIPPipeline.from_checkpoint(
         args.checkpoint or settings.checkpoint, device=args.device or settings.device, dtype=settings.dtype
     )
+    # One command runs a few dozen steps: a compile (minutes cold, seconds from the cache) costs more than
+    # it saves, so "auto" stays eager here and only an explicit UNCLIP_COMPILE compiles.
+    if settings.compile != "auto":
+        from models.pipeline.runtime import compile_on_first_use
+
+        compile_on_first_use(pipeline, settings.compile, settings.compile_cache_dir)
+    return pipeline
 
 
 def sampling_of(pipeline: UnCLIPPipeline, args: argparse.Namespace) -> Sampling:

@@ -35,6 +35,7 @@ from models.pipeline.sampling import ProgressCallback, Sampling, stage_reporter
 from models.pipeline.stages import (
     DecoderCondition,
     KnownRegion,
+    Step,
     decoder_denoiser,
     encode_images,
     encode_text,
@@ -57,6 +58,9 @@ class UnCLIPPipeline:
         self.models = models
         self.device = device
         self.dtype = dtype
+        # Compiled denoising steps by component name ("prior", "decoder", "sr256", ...), installed by
+        # `models.pipeline.runtime.compile_pipeline`; a component without one runs eager.
+        self.steps: dict[str, Step] = {}
 
     @classmethod
     def from_checkpoint(
@@ -104,7 +108,7 @@ class UnCLIPPipeline:
         """Text → images: prior (2 candidates, guided) → guided decoder → upsamplers."""
         _same_length(prompts=prompts, seeds=seeds)
         self._check_size(sampling)
-        generators = item_generators(seeds)
+        generators = item_generators(seeds, self.device)
         text = self._text(prompts)
         image_embed = self._prior(text, generators, sampling, progress)
         condition = DecoderCondition(image_embed, text.states, text.mask)
@@ -129,7 +133,7 @@ class UnCLIPPipeline:
         self._check_size(sampling)
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
-        generators = item_generators(seeds)
+        generators = item_generators(seeds, self.device)
         condition = self._image_condition(self._image_embeds(images))
         x_T = self._invert(condition, self._pixels(images, self._decoder_size), sampling, progress)
         x = self._decode(condition, x_T, generators, sampling, progress, method="ddim", eta=eta)
@@ -166,7 +170,7 @@ class UnCLIPPipeline:
         def region_at(size: int) -> KnownRegion:
             return KnownRegion(self._pixels(images, size), known_regions(masks, size, self.device))
 
-        generators = item_generators(seeds)
+        generators = item_generators(seeds, self.device)
         text = self._text(prompts)
         region = region_at(self._decoder_size)
         no_image_embed = text.embeds.new_zeros(len(prompts), self.models.config.clip.embed_dim)
@@ -289,6 +293,7 @@ class UnCLIPPipeline:
             clamp=x0_clamp(config.prior_diffusion, default=None),
             candidates=config.prior.sample_candidates,
             on_step=stage_reporter(progress, "prior"),
+            step=self.steps.get("prior"),
         )
 
     def _decode(
@@ -307,7 +312,8 @@ class UnCLIPPipeline:
         """The 64 px decoder from x_T `[B, 3, 64, 64]` → x_0 `[B, 3, 64, 64]`; `image_guidance` see
         `decoder_denoiser`."""
         diffusion = self._diffusion("decoder", sampling.decoder_steps)
-        denoise = decoder_denoiser(self.models.decoder, condition, sampling.decoder_guidance, image_guidance)
+        decoder = self.steps.get("decoder", self.models.decoder)
+        denoise = decoder_denoiser(decoder, condition, sampling.decoder_guidance, image_guidance)
         return diffusion.sample(
             denoise,
             x_T,
@@ -328,7 +334,8 @@ class UnCLIPPipeline:
     ) -> torch.Tensor:
         """DDIM inversion through the decoder at `inversion_guidance` (see `Sampling`)."""
         diffusion = self._diffusion("decoder", sampling.decoder_steps)
-        denoise = decoder_denoiser(self.models.decoder, condition, sampling.inversion_guidance)
+        decoder = self.steps.get("decoder", self.models.decoder)
+        denoise = decoder_denoiser(decoder, condition, sampling.inversion_guidance)
         clamp = self._image_clamp("decoder", None)
         return diffusion.invert(denoise, x0, clamp=clamp, on_step=stage_reporter(progress, "invert"))
 
@@ -353,13 +360,15 @@ class UnCLIPPipeline:
             low_res = x.clamp(-1, 1)
             last = self.models.sr256_last if stage == "sr256" else None
             x = diffusion.sample(
-                upsampler_denoiser(upsampler, low_res),
+                upsampler_denoiser(upsampler, low_res, self.steps.get(stage)),
                 self._noise(generators, size),
                 generators,
                 clamp=self._image_clamp(stage, region),
                 after_step=None if region is None else region.replacer(diffusion, generators),
                 on_step=stage_reporter(progress, stage),
-                final_denoise=None if last is None else upsampler_denoiser(last, low_res),
+                final_denoise=None
+                if last is None
+                else upsampler_denoiser(last, low_res, self.steps.get("sr256_last")),
             )
         return x
 
