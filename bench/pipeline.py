@@ -59,27 +59,37 @@ KARLO_STEPS = (25, 25, 7)  # prior, decoder, super-res: Karlo's UnCLIPPipeline d
 QUICK_STEPS = (2, 2, 2)
 BUDGETS = {64: None, 256: 5.0, 1024: 60.0}  # issue 5: seconds per image on a 2-core CPU
 SETTINGS = ("eager-fp32", "eager-bf16", "compiled-fp32", "compiled-bf16")
+HOWS = {"eager": None, "compiled": "auto", "cudagraphs": "cudagraphs", "max-autotune": "max-autotune"}  # ours
+DIFFUSERS_MODES = {"compiled": None, "cudagraphs": "reduce-overhead", "max-autotune": "max-autotune"}
 
 
 @dataclass(frozen=True)
 class Setting:
-    compiled: bool
+    """How both pipelines run: `how` eager | compiled (inductor; ours: `compile_mode("auto")`) |
+    cudagraphs (inductor + CUDA graphs; diffusers: mode "reduce-overhead") | max-autotune; and a dtype."""
+
+    how: str
     dtype: torch.dtype
 
     @classmethod
     def parse(cls, text: str, device: torch.device) -> Setting:
         if text == "best":
-            return cls(compile_mode("auto", device) != "off", resolve_dtype("auto", device))
+            how = "compiled" if compile_mode("auto", device) != "off" else "eager"
+            return cls(how, resolve_dtype("auto", device))
         how, _, dtype = text.partition("-")
-        if how not in ("eager", "compiled") or dtype not in DTYPES:
+        if how not in HOWS or dtype not in DTYPES:
             raise argparse.ArgumentTypeError(
-                f"a setting is eager|compiled-fp32|bf16|fp16 or best, not {text!r}"
+                f"a setting is {'|'.join(HOWS)}-fp32|bf16|fp16 or best, not {text!r}"
             )
-        return cls(how == "compiled", DTYPES[dtype])
+        return cls(how, DTYPES[dtype])
+
+    @property
+    def compiled(self) -> bool:
+        return self.how != "eager"
 
     @property
     def name(self) -> str:
-        return ("compiled" if self.compiled else "eager") + "-" + _dtype_name(self.dtype)
+        return f"{self.how}-{_dtype_name(self.dtype)}"
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -152,7 +162,7 @@ def measure(
         cell = cells[name]
         if device.type == "cuda":
             cell.peak_gib = torch.cuda.max_memory_allocated(device) / 2**30
-        if cell.compile_seconds is None and cell.setting.startswith("compiled"):
+        if cell.compile_seconds is None and not cell.setting.startswith("eager"):
             # diffusers compiles inside its first call: that call less a steady one
             cell.compile_seconds = max(first[name] - cell.median * cell.batch, 0.0)
 
@@ -204,7 +214,7 @@ def ours_pipeline(
     pipe = UnCLIPPipeline.from_checkpoint(folder, device, setting.dtype)
     if not setting.compiled:
         return pipe, None
-    if compile_pipeline(pipe, "auto") == "off":
+    if compile_pipeline(pipe, HOWS[setting.how]) == "off":
         raise RuntimeError("torch.compile cannot run here (see the log)")
     synchronize(device)
     return pipe, capture(pipe, batches, size=size)
@@ -216,7 +226,7 @@ def diffusers_pipeline(folder: Path, device: torch.device, setting: Setting) -> 
         pipe = pipe.to(dtype=setting.dtype)
     if setting.compiled:
         for name in ("prior", "decoder", "super_res_first", "super_res_last"):
-            getattr(pipe, name).compile()
+            getattr(pipe, name).compile(mode=DIFFUSERS_MODES[setting.how])
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

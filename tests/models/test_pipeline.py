@@ -189,7 +189,7 @@ class RowByRow:
 
     def __getattr__(self, name: str):
         attribute = getattr(self._module, name)
-        return self._rows(attribute) if name in ("encode_text", "encode_image") else attribute
+        return self._rows(attribute) if name in ("encode_text", "encode_image", "forward_upsampled") else attribute
 
     def __call__(self, *args, **kwargs):
         return self._rows(self._module)(*args, **kwargs)

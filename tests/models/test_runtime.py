@@ -16,18 +16,20 @@ these bounds are tight enough to catch a wrong dtype, a dropped condition or a w
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_pipeline import lively_checkpoint, picture, pixels
 
 import models.attention as seam
 from models.pipeline import Sampling, UnCLIPPipeline, runtime
 from models.pipeline.runtime import CompiledStep, capture, compile_mode, compile_pipeline, shape_key
+from tests.models.test_pipeline import lively_checkpoint, picture, pixels
 
 SAMPLING = Sampling(size=64, prior_steps=2, decoder_steps=2, decoder_guidance=3.0)
 
@@ -58,12 +60,12 @@ def test_a_unet_step_compiles_without_graph_breaks(
     fp32: UnCLIPPipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A fresh process has logged no attention shape class yet: the log must not break the graph."""
+    args = decoder_args(fp32, 2)  # runs CLIP eagerly, which logs its own shape classes
+    x, low = torch.randn(1, 3, 256, 256), torch.randn(1, 3, 256, 256)
     monkeypatch.setattr(seam, "_logged_shape_classes", set())
     with torch.inference_mode():
-        decoder = torch._dynamo.explain(fp32.models.decoder)(*decoder_args(fp32, 2))
-        sr = fp32.models.sr256
-        x, low = torch.randn(1, 3, 256, 256), torch.randn(1, 3, 256, 256)
-        upsampler = torch._dynamo.explain(sr.forward_upsampled)(x, torch.tensor([5]), low)
+        decoder = torch._dynamo.explain(fp32.models.decoder)(*args)
+        upsampler = torch._dynamo.explain(fp32.models.sr256.forward_upsampled)(x, torch.tensor([5]), low)
     assert decoder.graph_count == 1 and decoder.graph_break_count == 0, decoder.break_reasons
     assert upsampler.graph_count == 1 and upsampler.graph_break_count == 0, upsampler.break_reasons
     assert not seam._logged_shape_classes  # and nothing was logged from inside the traced code
@@ -181,3 +183,50 @@ def test_the_compile_cache_goes_where_it_survives_a_restart(
     assert "not writable" in caplog.text
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert runtime.default_cache_dir() == tmp_path / "unclip" / "compile"
+
+
+class HostRead(AssertionError):
+    """A tensor was read back to the host inside the sampling loop."""
+
+
+@contextlib.contextmanager
+def no_host_reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every way a step could wait for the device: reading a value, truthiness, a copy to the host. On
+    CUDA the driver also raises on any synchronising call (`set_sync_debug_mode("error")`)."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise HostRead("host read inside the step loop")
+
+    with monkeypatch.context() as patch:
+        for name in ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy", "nonzero"):
+            patch.setattr(torch.Tensor, name, refuse)
+        if torch.cuda.is_available():
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield
+        finally:
+            if torch.cuda.is_available():
+                torch.cuda.set_sync_debug_mode("default")
+
+
+def test_the_step_loops_read_nothing_back_to_the_host(fp32: UnCLIPPipeline, monkeypatch) -> None:
+    """The decoder (guided three ways, with its learned-null handling) and an upsampler, sampled with
+    per-item noise: no step waits for the device, so CUDA graphs and an asynchronous queue stay full."""
+    from models.diffusion import GaussianDiffusion
+    from models.pipeline.latents import item_generators
+    from models.pipeline.stages import DecoderCondition, decoder_denoiser, upsampler_denoiser
+
+    x, _, image_embed, states, mask = decoder_args(fp32, 2)
+    condition = DecoderCondition(image_embed, states, mask)
+    decoder = decoder_denoiser(fp32.models.decoder, condition, 3.0, image_guidance=2.0)  # built outside
+    upsampler = upsampler_denoiser(fp32.models.sr256, x.clamp(-1, 1))
+    config = fp32.models.config
+    decoding = GaussianDiffusion.from_config(config.decoder_diffusion, steps=3)
+    upsampling = GaussianDiffusion.from_config(config.sr256_diffusion, steps=3)
+    generators = item_generators([0, 1], fp32.device)
+    with torch.inference_mode(), no_host_reads(monkeypatch):
+        low = decoding.sample(decoder, x, generators, clamp=lambda x0: x0.clamp(-1, 1))
+        high = upsampling.sample(upsampler, torch.randn(2, 3, 256, 256), generators, method="ddim", eta=1.0)
+    assert low.shape == (2, 3, 64, 64) and high.shape == (2, 3, 256, 256)
+    with pytest.raises(HostRead), no_host_reads(monkeypatch):  # the guard itself works
+        bool(low.any())
