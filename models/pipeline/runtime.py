@@ -126,15 +126,23 @@ class CompiledStep:
         self.captured: set[Hashable] = set()
         self.capturing = False
         self.compile_seconds = 0.0
+        self.failed = False
         self._logged_eager: set[Hashable] = set()
 
     def __call__(self, *args: Any) -> torch.Tensor:
         key = shape_key(args)
         if key in self.captured:
             return self.compiled(*args)
-        if self.capturing:
+        if self.capturing and not self.failed:
             started = time.perf_counter()
-            out = self.compiled(*args)
+            try:
+                out = self.compiled(*args)
+            except Exception as error:  # a compiler bug must not keep the worker from serving: eager
+                self.failed = True
+                logger.warning(
+                    "compiling %s failed, it runs eager: %s: %s", self.name, type(error).__name__, error
+                )
+                return self.eager(*args)
             if out.is_cuda:
                 torch.cuda.synchronize(out.device)
             seconds = time.perf_counter() - started

@@ -230,3 +230,22 @@ def test_the_step_loops_read_nothing_back_to_the_host(fp32: UnCLIPPipeline, monk
     assert low.shape == (2, 3, 64, 64) and high.shape == (2, 3, 256, 256)
     with pytest.raises(HostRead), no_host_reads(monkeypatch):  # the guard itself works
         bool(low.any())
+
+
+def test_a_failing_compile_falls_back_to_eager_for_good(caplog: pytest.LogCaptureFixture) -> None:
+    calls = []
+
+    def step(x: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape)
+        return x * 2
+
+    def broken(*args: object) -> torch.Tensor:
+        raise RuntimeError("inductor could not build it")
+
+    compiled = CompiledStep("decoder", step, "inductor")
+    compiled.compiled = broken
+    compiled.capturing = True
+    x = torch.ones(2)
+    assert torch.equal(compiled(x), x * 2) and torch.equal(compiled(x), x * 2)
+    assert compiled.failed and not compiled.captured and len(calls) == 2
+    assert caplog.text.count("compiling decoder failed") == 1
