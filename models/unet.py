@@ -389,12 +389,20 @@ class SuperResUNet(UNet):
         wide = low_res.to(torch.promote_types(low_res.dtype, torch.float32))
         return F.interpolate(wide, size, mode=mode, align_corners=False, antialias=mode == "bicubic")
 
-    def forward_upsampled(self, x: torch.Tensor, t: torch.Tensor, upsampled: torch.Tensor) -> torch.Tensor:
-        """x `[B, 3, H, W]`, t `[B]`, upsampled `[B, 3, H, W]` (from `upsample_condition`)."""
+    def forward(  # type: ignore[override]
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        low_res: torch.Tensor | None = None,
+        upsampled: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x `[B, 3, H, W]`, t `[B]` and either low_res `[B, 3, h, w]` or, computed once for every step of
+        a sampler, upsampled = `upsample_condition(low_res, (H, W))`."""
+        if (low_res is None) == (upsampled is None):
+            raise ValueError("give the upsampler low_res or upsampled, one of the two")
+        if upsampled is None:
+            upsampled = self.upsample_condition(low_res, tuple(x.shape[-2:]))
         return super().forward(torch.cat([x, upsampled.to(x.dtype)], dim=1), t)
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, low_res: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return self.forward_upsampled(x, t, self.upsample_condition(low_res, tuple(x.shape[-2:])))
 
 
 def build_unet(config: UNetConfig) -> DecoderUNet | SuperResUNet:

@@ -1,9 +1,8 @@
 """Compiled denoising steps: torch.compile per captured shape, eager for every other shape.
 
 A sampler calls its network once per step with the same shapes, so the step is what is worth compiling.
-`CompiledStep` wraps one network's step function (`DecoderUNet.__call__`, `SuperResUNet.forward_upsampled`,
-`DiffusionPrior.__call__`) with `torch.compile(dynamic=False)`: one specialised graph per input shape
-(batch size, image side, dtype), which is what lets inductor (and CUDA graphs) do their best. Shapes are
+`CompiledStep` wraps one network (`DecoderUNet`, `SuperResUNet`, `DiffusionPrior`) with
+`torch.compile(dynamic=False)`: one specialised graph per input shape (batch size, image side, dtype), which is what lets inductor (and CUDA graphs) do their best. Shapes are
 *captured* while `capturing` is on - the worker's warm-up, before it takes jobs, so no client pays for a
 compile. After that only captured shapes run compiled; any other shape runs the eager module and is logged
 once (a recompile inside a request would stall it for a minute on a CPU).
@@ -193,7 +192,7 @@ def compile_pipeline(
     for name in ("sr256", "sr256_last", "sr1024"):
         upsampler = getattr(models, name)
         if upsampler is not None:
-            pipeline.steps[name] = CompiledStep(name, upsampler.forward_upsampled, mode)
+            pipeline.steps[name] = CompiledStep(name, upsampler, mode)
     return mode
 
 

@@ -205,11 +205,11 @@ def decoder_denoiser(
 
 def upsampler_denoiser(upsampler: SuperResUNet, low_res: torch.Tensor, step: Step | None = None) -> Denoiser:
     """No text and no guidance (unCLIP §2.2): the low-resolution image `[B, 3, s, s]` is the condition,
-    upsampled once here for every step. `step` runs `upsampler.forward_upsampled` (None: that method)."""
+    upsampled once here for every step. `step` runs the upsampler (None: the module itself)."""
     side = upsampler.config.image_size
     upsampled = upsampler.upsample_condition(low_res, (side, side))
-    run = step or upsampler.forward_upsampled
-    return lambda x, t: full_precision(run(x, t, upsampled))
+    run = step or upsampler
+    return lambda x, t: full_precision(run(x, t, None, upsampled))
 
 
 # Inpainting -------------------------------------------------------------------------------------------

@@ -189,7 +189,7 @@ class RowByRow:
 
     def __getattr__(self, name: str):
         attribute = getattr(self._module, name)
-        return self._rows(attribute) if name in ("encode_text", "encode_image", "forward_upsampled") else attribute
+        return self._rows(attribute) if name in ("encode_text", "encode_image") else attribute
 
     def __call__(self, *args, **kwargs):
         return self._rows(self._module)(*args, **kwargs)
@@ -427,12 +427,13 @@ def test_a_checkpoint_with_karlo_sampling_choices_draws_one_prior_sample_and_end
         decoder_diffusion=dataclasses.replace(config.decoder_diffusion, clamp_learned_variance=False),
         sr256_last=config.sr256,
     )
-    pipeline = UnCLIPPipeline.from_checkpoint(lively_checkpoint(tmp_path, config), device="cpu", dtype="float32")
+    folder = lively_checkpoint(tmp_path, config)
+    pipeline = UnCLIPPipeline.from_checkpoint(folder, device="cpu", dtype="float32")
     calls: dict[str, list] = {"prior": [], "sr256": [], "sr256_last": []}
 
     def record(name: str):
         def hook(module: nn.Module, args: tuple) -> None:
-            low_res = args[2] if name != "prior" else None
+            low_res = args[3] if name != "prior" else None  # upsampled once per stage, the same each step
             calls[name].append((args[0].shape[0], int(args[1][0]), low_res))
 
         return hook

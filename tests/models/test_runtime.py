@@ -65,7 +65,7 @@ def test_a_unet_step_compiles_without_graph_breaks(
     monkeypatch.setattr(seam, "_logged_shape_classes", set())
     with torch.inference_mode():
         decoder = torch._dynamo.explain(fp32.models.decoder)(*args)
-        upsampler = torch._dynamo.explain(fp32.models.sr256.forward_upsampled)(x, torch.tensor([5]), low)
+        upsampler = torch._dynamo.explain(fp32.models.sr256)(x, torch.tensor([5]), None, low)
     assert decoder.graph_count == 1 and decoder.graph_break_count == 0, decoder.break_reasons
     assert upsampler.graph_count == 1 and upsampler.graph_break_count == 0, upsampler.break_reasons
     assert not seam._logged_shape_classes  # and nothing was logged from inside the traced code
@@ -249,3 +249,17 @@ def test_a_failing_compile_falls_back_to_eager_for_good(caplog: pytest.LogCaptur
     assert torch.equal(compiled(x), x * 2) and torch.equal(compiled(x), x * 2)
     assert compiled.failed and not compiled.captured and len(calls) == 2
     assert caplog.text.count("compiling decoder failed") == 1
+
+
+def test_the_warm_up_compiles_every_step_for_the_batch_sizes_served(
+    folder: Path, tmp_path: Path, caplog
+) -> None:
+    caplog.set_level(logging.INFO, logger="models.pipeline.runtime")
+    pipeline = UnCLIPPipeline.from_checkpoint(folder, device="cpu", dtype="float32")
+    report = runtime.warm_up(pipeline, "auto", batch_sizes=[1], cache_dir=tmp_path / "cache")
+
+    assert report["compile"] == "inductor" and report["batch_sizes"] == [1]
+    assert set(pipeline.steps) == {"prior", "decoder", "sr256", "sr1024"}
+    assert all(step.captured and not step.capturing for step in pipeline.steps.values())
+    assert any((tmp_path / "cache" / "inductor").iterdir())  # compiled kernels kept on disk
+    assert "warm-up done" in caplog.text and caplog.text.count("compiled decoder") == 1
