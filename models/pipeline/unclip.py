@@ -11,8 +11,8 @@ every real checkpoint; `sampling.size` names the stage to stop after.
 Karlo: with a checkpoint imported by models.convert.karlo, `generate` reproduces diffusers' UnCLIPPipeline
 given `generator=[torch.Generator(device).manual_seed(s) for s in seeds]` (our item generators live
 on the pipeline's device: CUDA noise is drawn on the GPU, `latents.item_generators`). Every choice that
-differs from ours is the checkpoint's (see that module): one prior sample, raw image embeddings, the x0 and variance
-clamps, the guidance nulls and sr256_last. Both draw, per item, prior x_T, the prior's step noise, decoder
+differs from ours is the checkpoint's (see that module): one prior sample, raw image embeddings, the x0
+and variance clamps, the guidance nulls and sr256_last. Both draw, per item, prior x_T, the prior's step noise, decoder
 x_T, its step noise, upsampler x_T, its step noise, in that order.
 """
 
