@@ -3,9 +3,10 @@
 A sampler calls its network once per step with the same shapes, so the step is what is worth compiling.
 `CompiledStep` wraps one network (`DecoderUNet`, `SuperResUNet`, `DiffusionPrior`) with
 `torch.compile(dynamic=False)`: one specialised graph per input shape (batch size, image side, dtype),
-which is what lets inductor (and CUDA graphs) do their best. Shapes are *captured* while `capturing` is on - the worker's warm-up, before it takes jobs, so no client pays for a
-compile. After that only captured shapes run compiled; any other shape runs the eager module and is logged
-once (a recompile inside a request would stall it for a minute on a CPU).
+which is what lets inductor (and CUDA graphs) do their best. Shapes are *captured* while `capturing` is
+on - the worker's warm-up, before it takes jobs, so no client pays for a compile. After that only captured
+shapes run compiled; any other shape runs the eager module and is logged once (a recompile inside a
+request would stall it for a minute on a CPU).
 
 Modes (`COMPILE_MODES`):
 - "off": eager everywhere.

@@ -12,8 +12,8 @@ Karlo: with a checkpoint imported by models.convert.karlo, `generate` reproduces
 given `generator=[torch.Generator(device).manual_seed(s) for s in seeds]` (our item generators live
 on the pipeline's device: CUDA noise is drawn on the GPU, `latents.item_generators`). Every choice that
 differs from ours is the checkpoint's (see that module): one prior sample, raw image embeddings, the x0
-and variance clamps, the guidance nulls and sr256_last. Both draw, per item, prior x_T, the prior's step noise, decoder
-x_T, its step noise, upsampler x_T, its step noise, in that order.
+and variance clamps, the guidance nulls and sr256_last. Both draw, per item, prior x_T, the prior's step
+noise, decoder x_T, its step noise, upsampler x_T, its step noise, in that order.
 """
 
 from __future__ import annotations
