@@ -81,8 +81,8 @@ def start_gateway(redis_url: str, port: int, log_level: str, log_file: io.TextIO
         "UNCLIP_LOG_LEVEL": log_level,
         "UNCLIP_API_KEYS": "",
     }
-    command = [sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory", "--host", "127.0.0.1",
-               "--port", str(port), "--no-access-log", "--log-level", "warning"]
+    command = [sys.executable, "-m", "uvicorn", "service.gateway.app:create_app", "--factory",
+               "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning"]
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log_file, stderr=log_file)
     deadline = time.monotonic() + 30
     while True:

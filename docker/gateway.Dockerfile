@@ -8,13 +8,15 @@ FROM python:${PYTHON_VERSION}-bookworm AS build
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# Only the packaging metadata and `service`: without `models/` the image carries no torch code and no
-# checkpoint, and anything on the gateway's import path that reaches for them fails this build.
+# Only the packaging metadata, `service` and the torch-free `models/contract.py`: without the rest of
+# `models/` the image carries no torch code and no checkpoint, and anything on the gateway's import path
+# that reaches for them fails this build.
 COPY pyproject.toml README.md ./
+COPY models/__init__.py models/contract.py models/
 COPY service/ service/
 RUN pip install --no-cache-dir . \
  && python -I -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is not None)" \
- && python -I -c "import service.serve, service.app"
+ && python -I -c "import service.serve, service.gateway.app"
 
 FROM python:${PYTHON_VERSION}-slim-bookworm
 RUN useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin unclip

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from models.config import PREDICTIONS, SCHEDULES
+
 if TYPE_CHECKING:
     from models.config import DiffusionConfig
 
@@ -30,8 +32,6 @@ Clamp = Callable[[torch.Tensor], torch.Tensor]
 StepCallback = Callable[[int, int], None]  # (steps done, total steps)
 AfterStep = Callable[[torch.Tensor, int], torch.Tensor]  # (x now at step `i - 1`, i) -> x
 
-SCHEDULES = ("cosine", "linear")
-PREDICTIONS = ("eps", "x0")
 VARIANCES = ("small", "large")
 
 

@@ -9,23 +9,13 @@ entries have unit variance like the noise). Rows with `drop_text` see a learned 
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.clip import LayerNorm, TextEncoding, Transformer
+from models.clip import TextEncoding, Transformer
 from models.config import PriorConfig
-
-
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding `[B, dim]` of integer timesteps `[B]` (Transformer / ADM), in float32."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = t.float()[:, None] * freqs[None]
-    embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    return F.pad(embedding, (0, dim % 2))
+from models.nn import LayerNorm, timestep_embedding
 
 
 class DiffusionPrior(nn.Module):
@@ -46,7 +36,7 @@ class DiffusionPrior(nn.Module):
         self.null_text_states = nn.Parameter(torch.randn(length, width) * width**-0.5)
         self.null_text_embed = nn.Parameter(torch.randn(width) * width**-0.5)
         self.positional_embedding = nn.Parameter(torch.randn(length + self.extra_tokens, width) * 0.01)
-        self.transformer = Transformer(width, config.layers, config.heads, activation="gelu")
+        self.transformer = Transformer(width, config.layers, config.heads, 4 * width, activation="gelu")
         self.ln_final = LayerNorm(width)
         self.out_proj = nn.Linear(width, config.embed_dim)
         if config.latent_stats:

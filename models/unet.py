@@ -19,9 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.attention import attention
-from models.clip import LayerNorm
 from models.config import UNetConfig
-from models.prior import timestep_embedding
+from models.nn import LayerNorm, timestep_embedding
 
 
 class GroupNorm(nn.GroupNorm):
@@ -403,7 +402,3 @@ class SuperResUNet(UNet):
         if upsampled is None:
             upsampled = self.upsample_condition(low_res, tuple(x.shape[-2:]))
         return super().forward(torch.cat([x, upsampled.to(x.dtype)], dim=1), t)
-
-
-def build_unet(config: UNetConfig) -> DecoderUNet | SuperResUNet:
-    return DecoderUNet(config) if config.kind == "decoder" else SuperResUNet(config)

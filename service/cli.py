@@ -4,27 +4,33 @@ only when that command runs (so `unclip gateway` never imports torch)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from models.contract import DEFAULT_FRAMES, DEFAULT_LATENT, DEFAULT_SOURCE_CAPTION, LATENTS, SIZES, Sampling
 
-def _sampling_flags(parser: argparse.ArgumentParser) -> None:
+COMMAND_OPS = {"generate": "generate", "vary": "variation", "interpolate": "interpolate",
+               "text-diff": "text_diff", "inpaint": "inpaint"}
+FLAG_ALIASES = {"text_diff_strength": ("--strength",)}  # shorter names kept from before
+
+
+def _sampling_flags(parser: argparse.ArgumentParser, op: str) -> None:
+    """The in-process commands' common flags, and one flag per setting of `Sampling.job_fields(op)`."""
     parser.add_argument("--checkpoint", type=Path, help="checkpoint folder (default: the shipped one)")
-    parser.add_argument("--size", type=int, choices=(64, 256, 1024), default=None, help="output pixels")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="auto | cpu | cuda")
-    parser.add_argument("--prior-steps", type=int)
-    parser.add_argument("--decoder-steps", type=int)
-    parser.add_argument("--prior-guidance", type=float)
-    parser.add_argument("--decoder-guidance", type=float)
     parser.add_argument("-o", "--output", type=Path, default=Path("out.png"),
                         help="PNG path; several images get _0, _1, ... before the suffix")
-
-
-def _inversion_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--inversion-guidance", type=float,
-                        help="decoder guidance of the DDIM inversion (default 1: none)")
+    settings = {setting.name: setting for setting in dataclasses.fields(Sampling)}
+    for name in Sampling.job_fields(op):
+        setting = settings[name]
+        flags = ("--" + name.replace("_", "-"), *FLAG_ALIASES.get(name, ()))
+        kind = int if isinstance(setting.default, int) else float  # None defaults are guidance: float
+        choices = SIZES if name == "size" else None
+        parser.add_argument(*flags, dest=name, type=kind, choices=choices, default=None,
+                            help=setting.metadata["help"])
 
 
 def _server_flags(parser: argparse.ArgumentParser) -> None:
@@ -48,41 +54,34 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser("generate", help="text → images, in-process")
     generate.add_argument("prompt")
     generate.add_argument("--n", type=int, default=1)
-    _sampling_flags(generate)
-    generate.add_argument("--decoder-image-guidance", type=float,
-                          help="decoder guidance of the prior's z_i apart from the caption's")
+    _sampling_flags(generate, "generate")
 
     vary = commands.add_parser("vary", help="variations of an image, in-process")
     vary.add_argument("image", type=Path)
     vary.add_argument("--n", type=int, default=1)
     vary.add_argument("--eta", type=float, default=None, help="0 keeps closest to the image; more varies")
-    _sampling_flags(vary)
-    _inversion_flag(vary)
+    _sampling_flags(vary, "variation")
 
     interpolate = commands.add_parser("interpolate", help="frames between two images, in-process")
     interpolate.add_argument("image_a", type=Path)
     interpolate.add_argument("image_b", type=Path)
-    interpolate.add_argument("--frames", type=int, default=5)
-    interpolate.add_argument("--latent", choices=("slerp", "fixed"), default="slerp",
+    interpolate.add_argument("--frames", type=int, default=DEFAULT_FRAMES)
+    interpolate.add_argument("--latent", choices=LATENTS, default=DEFAULT_LATENT,
                              help="slerp between both images' inverted noise, or one fixed random noise")
-    _sampling_flags(interpolate)
-    _inversion_flag(interpolate)
+    _sampling_flags(interpolate, "interpolate")
 
     text_diff = commands.add_parser("text-diff", help="move an image toward a caption, in-process")
     text_diff.add_argument("image", type=Path)
     text_diff.add_argument("prompt")
-    text_diff.add_argument("--source-caption", default="a photo")
-    text_diff.add_argument("--frames", type=int, default=5)
-    text_diff.add_argument("--strength", type=float,
-                           help="how far the last frame goes toward the prompt (default: the checkpoint's)")
-    _sampling_flags(text_diff)
-    _inversion_flag(text_diff)
+    text_diff.add_argument("--source-caption", default=DEFAULT_SOURCE_CAPTION)
+    text_diff.add_argument("--frames", type=int, default=DEFAULT_FRAMES)
+    _sampling_flags(text_diff, "text_diff")
 
     inpaint = commands.add_parser("inpaint", help="repaint the white area of a mask, in-process")
     inpaint.add_argument("image", type=Path)
     inpaint.add_argument("mask", type=Path, help="white pixels = repaint")
     inpaint.add_argument("prompt")
-    _sampling_flags(inpaint)
+    _sampling_flags(inpaint, "inpaint")
 
     init = commands.add_parser("init-checkpoint", help="write a checkpoint with random weights")
     init.add_argument("out_dir", type=Path)

@@ -16,13 +16,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from models.attention import set_default_backend
-from models.checkpoint import CheckpointError, init_checkpoint
-from models.pipeline import Progress, Sampling, UnCLIPPipeline
+from models.capabilities import CONFIG_FILE, read_capabilities
+from models.checkpoint import CheckpointError, default_checkpoint, init_checkpoint
+from models.contract import Progress, Sampling, repaint_mask
+from models.pipeline import UnCLIPPipeline
+from service.cli import COMMAND_OPS
 from service.settings import get_settings
 
-# A mask pixel at least this bright is repainted (white = repaint); a threshold, so that the faint
-# noise of a JPEG-compressed or anti-aliased mask does not repaint the whole image.
-MASK_THRESHOLD = 128
 USAGE_ERROR = 2
 
 
@@ -68,12 +68,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def load_pipeline(args: argparse.Namespace) -> UnCLIPPipeline:
-    """Flags first, then the UNCLIP_* settings."""
+    """Flags first, then the UNCLIP_* settings. An operation the checkpoint cannot run is refused
+    (UnsupportedOperation) from its unclip.json, before any weight is read."""
     settings = get_settings()
     set_default_backend(settings.attention_backend)
-    pipeline = UnCLIPPipeline.from_checkpoint(
-        args.checkpoint or settings.checkpoint, device=args.device or settings.device, dtype=settings.dtype
-    )
+    folder = Path(args.checkpoint or settings.checkpoint or default_checkpoint())
+    if (folder / CONFIG_FILE).is_file():  # else load_checkpoint names the missing file
+        read_capabilities(folder).check(COMMAND_OPS[args.command])
+    device = args.device or settings.device
+    pipeline = UnCLIPPipeline.from_checkpoint(folder, device=device, dtype=settings.dtype)
     # One command runs a few dozen steps: a compile (minutes cold, seconds from the cache) costs more than
     # it saves, so "auto" stays eager here and only an explicit UNCLIP_COMPILE compiles.
     if settings.compile != "auto":
@@ -84,16 +87,8 @@ def load_pipeline(args: argparse.Namespace) -> UnCLIPPipeline:
 
 
 def sampling_of(pipeline: UnCLIPPipeline, args: argparse.Namespace) -> Sampling:
-    return pipeline.sampling(
-        size=args.size,
-        prior_steps=args.prior_steps,
-        decoder_steps=args.decoder_steps,
-        prior_guidance=args.prior_guidance,
-        decoder_guidance=args.decoder_guidance,
-        decoder_image_guidance=getattr(args, "decoder_image_guidance", None),  # generate
-        inversion_guidance=getattr(args, "inversion_guidance", None),  # the commands that invert
-        text_diff_strength=getattr(args, "strength", None),  # text-diff
-    )
+    """The flags `cli._sampling_flags` added for the command's op (unset: the checkpoint's default)."""
+    return pipeline.sampling(**{name: getattr(args, name, None) for name in Sampling.job_fields()})
 
 
 def write_images(images: list[Image.Image], output: Path) -> list[Path]:
@@ -182,7 +177,7 @@ def inpaint(
         raise ValueError(
             f"the mask is {mask.size[0]}x{mask.size[1]} but the image {image.size[0]}x{image.size[1]}"
         )
-    repaint = mask.convert("L").point(lambda value: 255 if value >= MASK_THRESHOLD else 0)
+    repaint = repaint_mask(mask)
     return pipeline.inpaint([image], [repaint], [args.prompt], [args.seed], sampling, progress=bars)
 
 

@@ -44,7 +44,7 @@ class _Gateway(uvicorn.Server):
 
 
 def _uvicorn_config(settings: Settings) -> uvicorn.Config:
-    from service.app import create_app
+    from service.gateway.app import create_app
 
     return uvicorn.Config(
         create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
@@ -69,7 +69,7 @@ def run_gateway(settings: Settings) -> int:
 
 
 def run_worker_command(settings: Settings) -> int:
-    from service.worker import load_pipeline, run_worker
+    from service.worker.process import load_pipeline, run_worker
 
     stop = threading.Event()
     _stop_on_signals(stop)
@@ -111,7 +111,7 @@ def run_serve(settings: Settings) -> int:
 def _worker_thread(settings: Settings, stop: threading.Event, gateway: uvicorn.Server,
                    failures: list[BaseException]) -> None:
     """Loads the pipeline and runs the worker; if either fails, the whole `serve` goes down with it."""
-    from service.worker import load_pipeline, run_worker
+    from service.worker.process import load_pipeline, run_worker
 
     try:
         pipeline = load_pipeline(settings)

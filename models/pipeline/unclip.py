@@ -28,11 +28,12 @@ from PIL import Image
 
 from models.checkpoint import UnCLIPModels, default_checkpoint, load_checkpoint
 from models.clip import TextEncoding
+from models.contract import DEFAULT_FRAMES, DEFAULT_LATENT, LATENTS, VARIATION_ETA, ProgressCallback, Sampling
 from models.diffusion import Clamp, GaussianDiffusion, clamp_images, gaussian_noise
 from models.pipeline.devices import resolve_device, resolve_dtype
-from models.pipeline.images import images_to_tensor, known_regions, tensor_to_images
+from models.pipeline.images import clip_pixels, images_to_tensor, known_regions, tensor_to_images
 from models.pipeline.latents import item_generators, sequence_streams, slerp
-from models.pipeline.sampling import ProgressCallback, Sampling, stage_reporter
+from models.pipeline.sampling import stage_reporter
 from models.pipeline.stages import (
     DecoderCondition,
     KnownRegion,
@@ -47,10 +48,6 @@ from models.pipeline.stages import (
     x0_clamp,
 )
 
-LATENTS = ("slerp", "fixed")
-# DDIM eta of a variation. On the shapes model over 5 seeds × 4 variations: at 1, 19 of 20 keep colour and
-# kind and 19 of 20 move or resize the shape; at 0.5, 20 keep it but only 13 change.
-VARIATION_ETA = 1.0
 RegionAt = Callable[[int], KnownRegion]  # image side → the pixels to keep at that side
 
 
@@ -77,7 +74,7 @@ class UnCLIPPipeline:
 
     @property
     def default_sampling(self) -> Sampling:
-        defaults = Sampling(**self.models.config.sampling.to_dict())
+        defaults = self.models.config.sampling
         if defaults.size == 1024 and self.models.sr1024 is None:  # the largest size this checkpoint makes
             defaults = dataclasses.replace(defaults, size=256)
         return defaults
@@ -189,8 +186,8 @@ class UnCLIPPipeline:
         images_b: list[Image.Image],
         seeds: list[int],
         sampling: Sampling,
-        frames: int = 5,
-        latent: str = "slerp",
+        frames: int = DEFAULT_FRAMES,
+        latent: str = DEFAULT_LATENT,
         progress: ProgressCallback | None = None,
     ) -> list[list[Image.Image]]:
         """`frames` images per (a, b) pair along slerp(z_a, z_b); x_T slerped between the inverted images
@@ -222,7 +219,7 @@ class UnCLIPPipeline:
         source_captions: list[str],
         seeds: list[int],
         sampling: Sampling,
-        frames: int = 5,
+        frames: int = DEFAULT_FRAMES,
         progress: ProgressCallback | None = None,
     ) -> list[list[Image.Image]]:
         """Frames along slerp(z_i, z_d, θ), θ from 0 to `text_diff_strength`, with z_d = norm(z_t − z_t0),
@@ -250,7 +247,7 @@ class UnCLIPPipeline:
         return encode_text(self.models.clip, self.models.tokenizer, prompts, self.device)
 
     def _image_embeds(self, images: list[Image.Image]) -> torch.Tensor:
-        return encode_images(self.models.clip, self._pixels(images, self.models.clip.image_size))
+        return encode_images(self.models.clip, clip_pixels(images, self.models.config.clip, self.device))
 
     def _image_condition(self, image_embed: torch.Tensor) -> DecoderCondition:
         clip = self.models.config.clip

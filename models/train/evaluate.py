@@ -9,8 +9,8 @@ interpolation starts and ends at its inputs' look and passes through something i
 from "a red circle" toward "a blue circle" ends blue, inpainting a corner with "a green square" puts one
 there and leaves the rest alone.
 
-The pipeline is anything with `UnCLIPPipeline`'s methods (`Generator`), so the scoring is tested on a
-stand-in that renders the truth.
+The pipeline is any `models.contract.Pipeline`, so the scoring is tested on a stand-in that renders the
+truth.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from models.contract import Pipeline
 from models.train import shapes
 from models.train.classify import Classification, classify
 from models.train.shapes import COLOURS, KINDS, SceneSpec, ShapeSpec
@@ -31,32 +32,6 @@ CATEGORIES = ("one shape", "two shapes")
 INPAINT_PROMPT = "a green square"
 UNCHANGED_LEVELS = 12.0  # mean absolute difference (0..255) outside an inpainting mask that counts as kept
 DIFFERENT_LEVELS = 6.0  # an interpolation's middle frame differs from both ends by at least this much
-
-
-class Generator(Protocol):
-    def sampling(self, **overrides: Any) -> Any: ...
-    def generate(self, prompts: list[str], seeds: list[int], sampling: Any) -> list[Image.Image]: ...
-    def variation(self, images: list[Image.Image], seeds: list[int], sampling: Any) -> list[Image.Image]: ...
-    def inpaint(
-        self,
-        images: list[Image.Image],
-        masks: list[Image.Image],
-        prompts: list[str],
-        seeds: list[int],
-        sampling: Any,
-    ) -> list[Image.Image]: ...
-    def interpolate(
-        self,
-        images_a: list[Image.Image],
-        images_b: list[Image.Image],
-        seeds: list[int],
-        sampling: Any,
-        frames: int,
-    ) -> list[list[Image.Image]]: ...
-    def text_diff(
-        self, images: list[Image.Image], prompts: list[str], source_captions: list[str], seeds: list[int],
-        sampling: Any, frames: int,
-    ) -> list[list[Image.Image]]: ...  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -170,7 +145,7 @@ def batches(items: list[Any], size: int) -> Iterator[list[Any]]:
 
 
 def evaluate_generation(
-    pipeline: Generator,
+    pipeline: Pipeline,
     prompts: list[Prompt],
     size: int,
     seed: int = 0,
@@ -254,7 +229,7 @@ def check_inpaint(source: Image.Image, mask: Image.Image, output: Image.Image) -
 
 
 def evaluate_operations(
-    pipeline: Generator, size: int, seed: int = 0, sampling: dict[str, Any] | None = None
+    pipeline: Pipeline, size: int, seed: int = 0, sampling: dict[str, Any] | None = None
 ) -> dict[str, dict[str, float]]:
     settings = pipeline.sampling(size=size, **(sampling or {}))
     red_circle = _scene_picture(

@@ -9,7 +9,7 @@ import re
 import kubernetes_validate
 
 from service.cli import build_parser
-from service.jobs import GROUP
+from service.jobs.layout import GROUP
 from service.settings import Settings
 from tests.deploy.kustomize import Manifest, find, pod_spec, split_image
 from tests.deploy.rendered import (

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from models.config import named_config
-from models.unet import AttentionBlock, DecoderUNet, SuperResUNet, build_unet
+from models.unet import AttentionBlock, DecoderUNet, SuperResUNet
 
 TINY = named_config("tiny")
 E, W, L = TINY.clip.embed_dim, TINY.clip.text_width, TINY.clip.context_length
@@ -125,9 +125,8 @@ def test_upsamplers_map_the_low_resolution_image_to_their_size(name: str, size: 
 
 
 def test_attention_sits_at_the_configured_resolutions_and_sr1024_has_none() -> None:
-    decoder = build_unet(TINY.decoder)
-    sr1024 = build_unet(TINY.sr1024)
-    assert isinstance(decoder, DecoderUNet) and isinstance(sr1024, SuperResUNet)
+    decoder = DecoderUNet(TINY.decoder)
+    sr1024 = SuperResUNet(TINY.sr1024)
     # Decoder: 16 and 8 px on the way down and up, and the middle block.
     assert sum(isinstance(m, AttentionBlock) for m in decoder.modules()) == 1 + 2 + 2 * 2
     assert all(m.encoder_kv is not None for m in decoder.modules() if isinstance(m, AttentionBlock))

@@ -1,18 +1,18 @@
-"""The real worker loop (service.worker.run_worker) on a torch-free pipeline whose images show which params
-reached it, so the gateway tests finish jobs through the same Redis code (claim, START, PROGRESS, FINISH,
-cancel) as production."""
+"""The real worker loop (service.worker.process.run_worker) on a torch-free pipeline whose images show
+which params reached it, so the gateway tests finish jobs through the same Redis code (claim, START,
+PROGRESS, FINISH, cancel) as production."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from typing import Any
 
 from PIL import Image
 
+from models.contract import DEFAULT_FRAMES, DEFAULT_LATENT, Sampling
 from service.settings import Settings
-from tests.service.worker_fixtures import FakePipeline, FakeSampling, worker_thread
+from tests.service.worker.worker_fixtures import FakePipeline, worker_thread
 
 
 def resized(picture: Image.Image, size: int) -> Image.Image:
@@ -25,9 +25,9 @@ class GatewayPipeline(FakePipeline):
     input image. Progress: one "decoder" step per image of the call, `step_delay` s each (no prior steps),
     so a job's steps climb to its image count."""
 
-    def _run(self, op: str, seeds: list[int], sampling: FakeSampling, texts: list[str], progress: Any,
+    def _run(self, op: str, seeds: list[int], sampling: Sampling, texts: list[str], progress: Any,
              images: int) -> None:
-        self._sample(op, seeds, replace(sampling, prior_steps=0, decoder_steps=images), texts, progress)
+        self._sample(op, seeds, sampling, texts, progress, stages=(("decoder", images),))
 
     def generate(self, prompts, seeds, sampling, progress=None):
         self._run("generate", seeds, sampling, prompts, progress, len(seeds))
@@ -41,11 +41,13 @@ class GatewayPipeline(FakePipeline):
         self._run("inpaint", seeds, sampling, prompts, progress, len(seeds))
         return [resized(mask, sampling.size) for mask in masks]
 
-    def interpolate(self, images_a, images_b, seeds, sampling, frames=5, latent="slerp", progress=None):
+    def interpolate(self, images_a, images_b, seeds, sampling, frames=DEFAULT_FRAMES, latent=DEFAULT_LATENT,
+                    progress=None):
         self._run("interpolate", seeds, sampling, [], progress, len(seeds) * frames)
         return [[resized(image, sampling.size)] * frames for image in images_a]
 
-    def text_diff(self, images, prompts, source_captions, seeds, sampling, frames=5, progress=None):
+    def text_diff(self, images, prompts, source_captions, seeds, sampling, frames=DEFAULT_FRAMES,
+                  progress=None):
         self._run("text_diff", seeds, sampling, prompts, progress, len(seeds) * frames)
         return [[resized(image, sampling.size)] * frames for image in images]
 

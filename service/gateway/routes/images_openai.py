@@ -1,0 +1,233 @@
+"""OpenAI-compatible image endpoints (the dall-e-2 contract), synchronous: each submits a job through the
+JobStore, waits for it (settings.sync_timeout_seconds) and answers `{"created", "data": [...]}`.
+
+Sizes: 64x64, 256x256 and 1024x1024 are where the stack stops; 512x512 runs at 1024 and the gateway
+downscales the result (Lanczos). Uploaded files are sniffed from their bytes; their declared content
+type is ignored. In an edit, fully transparent (alpha 0) pixels of the mask, or of the image itself when
+no mask is sent, are repainted.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, UploadFile
+from fastapi.exceptions import RequestValidationError
+from PIL import Image
+from pydantic import BaseModel, ValidationError
+
+from service.gateway import images
+from service.gateway.auth import Owner
+from service.gateway.deps import AppSettings, BaseUrl, Store
+from service.gateway.errors import ApiError
+from service.gateway.routes.submission import image_url, submit_body
+from service.gateway.schemas import (
+    GenerateRequest,
+    InpaintRequest,
+    OpenAIError,
+    OpenAIGenerationRequest,
+    OpenAIImage,
+    OpenAIImagesResponse,
+    OpenAISize,
+    ResponseFormat,
+    VariationRequest,
+)
+from service.gateway.store import Job, JobNotFound, JobStore
+from service.jobs.codec import png_base64
+from service.settings import Settings
+
+router = APIRouter(prefix="/v1/images", tags=["openai"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": OpenAIError, "description": "A bad parameter or an image that cannot be used."},
+    401: {"model": OpenAIError, "description": "Missing or unknown API key."},
+    413: {"model": OpenAIError, "description": "Request body over UNCLIP_MAX_BODY_BYTES."},
+    429: {"model": OpenAIError, "description": "The queue is full; see the Retry-After header."},
+    500: {"model": OpenAIError, "description": "The job failed."},
+    504: {"model": OpenAIError, "description": "The job did not finish within UNCLIP_SYNC_TIMEOUT_SECONDS."},
+    # Also keeps FastAPI from documenting its 422: validation errors are 400 here, as in OpenAI's API.
+    "default": {"model": OpenAIError, "description": "Any other error, in the same shape."},
+}
+PIPELINE_SIZE = {"64x64": 64, "256x256": 256, "512x512": 1024, "1024x1024": 1024}
+DELIVERED_SIZE = {"64x64": 64, "256x256": 256, "512x512": 512, "1024x1024": 1024}
+
+ImageFile = Annotated[UploadFile, File(description="PNG or JPEG (sniffed from the bytes).")]
+ImageCountForm = Annotated[int, Form(ge=1, description="At most UNCLIP_MAX_IMAGES_PER_JOB.")]
+SizeForm = Annotated[OpenAISize, Form(description="512x512 is generated at 1024 and downscaled.")]
+FormatForm = Annotated[ResponseFormat, Form()]
+IgnoredForm = Annotated[str | None, Form(description="Accepted and ignored.")]
+
+
+@router.post(
+    "/generations",
+    response_model=OpenAIImagesResponse,
+    response_model_exclude_none=True,
+    summary="Create images from a prompt (OpenAI-compatible)",
+    responses=ERRORS,
+)
+async def create_images(
+    body: OpenAIGenerationRequest,
+    owner: Owner,
+    store: Store,
+    settings: AppSettings,
+    base_url: BaseUrl,
+) -> OpenAIImagesResponse:
+    request = validated(
+        GenerateRequest, op="generate", prompt=body.prompt, n=body.n, size=PIPELINE_SIZE[body.size]
+    )
+    return await run_to_completion(store, request, owner, settings, base_url, body.size, body.response_format)
+
+
+@router.post(
+    "/edits",
+    response_model=OpenAIImagesResponse,
+    response_model_exclude_none=True,
+    summary="Repaint part of an image (OpenAI-compatible, multipart)",
+    responses=ERRORS,
+)
+async def edit_image(
+    image: ImageFile,
+    prompt: Annotated[str, Form(min_length=1)],
+    owner: Owner,
+    store: Store,
+    settings: AppSettings,
+    base_url: BaseUrl,
+    mask: Annotated[UploadFile | None, File(description="Alpha-0 pixels mark the area to repaint.")] = None,
+    n: ImageCountForm = 1,
+    size: SizeForm = "1024x1024",
+    response_format: FormatForm = "url",
+    model: IgnoredForm = None,
+    user: IgnoredForm = None,
+) -> OpenAIImagesResponse:
+    """Without a mask the image must have an alpha channel; its fully transparent pixels are repainted."""
+    picture = await uploaded_image(image, "image", settings)
+    if mask is not None:
+        mask_picture = await uploaded_image(mask, "mask", settings)
+        images.check_same_size(picture, mask_picture)
+        repaint = alpha_repaint_mask(mask_picture, "mask")
+    else:
+        repaint = alpha_repaint_mask(picture, "image")
+    request = validated(
+        InpaintRequest,
+        op="inpaint",
+        image=png_base64(images.as_rgb(picture)),
+        mask=png_base64(repaint),
+        prompt=prompt,
+        n=n,
+        size=PIPELINE_SIZE[size],
+    )
+    return await run_to_completion(store, request, owner, settings, base_url, size, response_format)
+
+
+@router.post(
+    "/variations",
+    response_model=OpenAIImagesResponse,
+    response_model_exclude_none=True,
+    summary="Create variations of an image (OpenAI-compatible, multipart)",
+    responses=ERRORS,
+)
+async def create_variations(
+    image: ImageFile,
+    owner: Owner,
+    store: Store,
+    settings: AppSettings,
+    base_url: BaseUrl,
+    n: ImageCountForm = 1,
+    size: SizeForm = "1024x1024",
+    response_format: FormatForm = "url",
+    model: IgnoredForm = None,
+    user: IgnoredForm = None,
+) -> OpenAIImagesResponse:
+    picture = await uploaded_image(image, "image", settings)
+    request = validated(
+        VariationRequest,
+        op="variation",
+        image=png_base64(images.as_rgb(picture)),
+        n=n,
+        size=PIPELINE_SIZE[size],
+    )
+    return await run_to_completion(store, request, owner, settings, base_url, size, response_format)
+
+
+def validated(model: type[BaseModel], **fields: Any) -> BaseModel:
+    """A native job body built from OpenAI fields; its validation errors become a 400 naming the field."""
+    try:
+        return model(**fields)
+    except ValidationError as error:
+        raise RequestValidationError(error.errors()) from None
+
+
+async def uploaded_image(upload: UploadFile, field: str, settings: Settings) -> Image.Image:
+    return images.open_image(await upload.read(), field, settings.max_image_pixels)
+
+
+def alpha_repaint_mask(picture: Image.Image, field: str) -> Image.Image:
+    if not images.has_alpha(picture):
+        hint = (
+            "send a PNG mask with an alpha channel"
+            if field == "mask"
+            else ("send a mask, or an RGBA PNG image whose transparent pixels mark the area to repaint")
+        )
+        raise ApiError(400, f"{field} has no alpha channel; {hint}", param=field, code="missing_alpha")
+    repaint = images.repaint_mask_from_alpha(picture)
+    images.check_something_to_repaint(repaint, field, "make the area to repaint fully transparent (alpha 0)")
+    return repaint
+
+
+async def run_to_completion(
+    store: JobStore,
+    request: BaseModel,
+    owner: str,
+    settings: Settings,
+    base_url: str,
+    size: str,
+    response_format: str,
+) -> OpenAIImagesResponse:
+    job = await submit_body(store, request, owner, settings)
+    job = await finished(store, job, owner, settings.sync_timeout_seconds)
+    delivered = DELIVERED_SIZE[size]
+    data = []
+    for index in range(job.image_count):
+        if response_format == "url":
+            query = f"?size={delivered}" if delivered != PIPELINE_SIZE[size] else ""
+            data.append(OpenAIImage(url=image_url(base_url, job.id, index) + query))
+            continue
+        png = await store.image(job.id, index, owner)
+        if png is None:
+            raise ApiError(
+                500, f"image {index} of job {job.id} is missing from the store", code="missing_image"
+            )
+        if delivered != PIPELINE_SIZE[size]:
+            png = images.downscale(png, delivered)
+        data.append(OpenAIImage(b64_json=base64.b64encode(png).decode("ascii")))
+    return OpenAIImagesResponse(created=int(job.finished_at or time.time()), data=data, size=size)
+
+
+async def finished(store: JobStore, job: Job, owner: str, timeout: float) -> Job:
+    """The job once it succeeded; its failure, cancellation or the timeout as an API error. Those errors
+    carry `x-should-retry: false`: the job has run (or is running) already, and the openai client would
+    otherwise resubmit it on a 409 or 5xx."""
+    try:
+        job = await store.wait(job.id, owner, timeout)
+    except TimeoutError:
+        job = await store.get(job.id, owner) or job
+    except JobNotFound:
+        raise ended_badly(500, f"job {job.id} vanished from the queue before it ended", "job_lost") from None
+    if job.status == "succeeded":
+        return job
+    if job.status == "failed":
+        raise ended_badly(500, f"the job failed: {job.error or 'unknown error'}", "job_failed")
+    if job.status == "cancelled":
+        raise ended_badly(409, f"job {job.id} was cancelled", "job_cancelled")
+    raise ended_badly(
+        504,
+        f"job {job.id} did not finish within {timeout:g} s (it is {job.status}); "
+        f"poll GET /v1/jobs/{job.id} for it",
+        "timeout",
+    )
+
+
+def ended_badly(status: int, message: str, code: str) -> ApiError:
+    return ApiError(status, message, code=code, headers={"X-Should-Retry": "false"})

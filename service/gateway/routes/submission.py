@@ -1,0 +1,111 @@
+"""From a validated request to a queued job, and from a job to what the API shows.
+
+Shared by the native and the OpenAI-style routes: both build Contract C `params` (images checked and
+re-encoded as base64 PNG, masks as mode "L" with 255 = repaint) and submit them through the JobStore,
+which draws a seed when none was given.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi.exceptions import RequestValidationError
+from PIL import Image
+from pydantic import BaseModel
+
+from models.contract import repaint_mask
+from service.gateway import images
+from service.gateway.errors import ApiError
+from service.gateway.schemas import (
+    IMAGE_FIELDS,
+    InpaintRequest,
+    JobOut,
+    JobProgressOut,
+    expected_images,
+    limit_errors,
+)
+from service.gateway.store import Backlogged, Job, JobStore
+from service.jobs.codec import png_base64
+from service.settings import Settings
+
+log = logging.getLogger("service.api")
+
+
+def job_params(body: BaseModel, settings: Settings) -> dict[str, Any]:
+    """Contract C params for a native job body: checked against the settings' limits, images normalised."""
+    errors = limit_errors(body, settings)
+    if errors:
+        raise RequestValidationError(errors)
+    params = body.model_dump(exclude={"op"})
+    decoded: dict[str, Image.Image] = {}
+    for field in IMAGE_FIELDS:
+        if field in params and field != "mask":
+            decoded[field] = images.read_request_image(params[field], field, settings.max_image_pixels)
+            params[field] = png_base64(images.as_rgb(decoded[field]))
+    if isinstance(body, InpaintRequest):
+        mask = images.read_request_image(body.mask, "mask", settings.max_image_pixels)
+        images.check_same_size(decoded["image"], mask)
+        repaint = repaint_mask(mask)
+        images.check_something_to_repaint(repaint, "mask", "white (255) pixels mark the area to repaint")
+        params["mask"] = png_base64(repaint)
+    return params
+
+
+async def submit(store: JobStore, op: str, params: dict[str, Any], owner: str, expected: int) -> Job:
+    """Queues a job; 429 with Retry-After when the backlog is full."""
+    try:
+        job = await store.submit(op, params, owner, expected)
+    except Backlogged as full:
+        retry_after = max(1, int(full.retry_after))
+        raise ApiError(
+            429,
+            f"the queue is full; retry in {retry_after} s",
+            code="queue_full",
+            headers={"Retry-After": str(retry_after)},
+        ) from None
+    log.info("job submitted", extra={"job_id": job.id, "op": op, "expected_images": expected})
+    return job
+
+
+async def submit_body(store: JobStore, body: BaseModel, owner: str, settings: Settings) -> Job:
+    return await submit(store, body.op, job_params(body, settings), owner, expected_images(body))
+
+
+async def owned_job(store: JobStore, job_id: str, owner: str) -> Job:
+    """The caller's job, or 404 (also for another key's job: its existence is not revealed)."""
+    job = await store.get(job_id, owner)
+    if job is None:
+        raise ApiError(
+            404, f"no job {job_id!r} (it may have expired or belong to another API key)", code="job_not_found"
+        )
+    return job
+
+
+def image_url(base_url: str, job_id: str, index: int) -> str:
+    return f"{base_url}/v1/jobs/{job_id}/images/{index}"
+
+
+def job_view(job: Job, base_url: str) -> JobOut:
+    progress = job.progress
+    return JobOut(
+        id=job.id,
+        op=job.op,
+        status=job.status,
+        params={key: value for key, value in job.params.items() if key not in IMAGE_FIELDS},
+        progress=JobProgressOut(stage=progress.stage, step=progress.step, total=progress.total)
+        if progress
+        else None,
+        error=job.error,
+        warnings=list(job.warnings),
+        cancel_requested=job.cancel_requested,
+        attempts=job.attempts,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        expected_images=job.expected_images,
+        image_count=job.image_count,
+        images=[image_url(base_url, job.id, index) for index in range(job.image_count)],
+        url=f"{base_url}/v1/jobs/{job.id}",
+        events_url=f"{base_url}/v1/jobs/{job.id}/events",
+    )

@@ -1,0 +1,57 @@
+"""The Redis layout of jobs (Contract C).
+
+Layout (DESIGN §4):
+- `job:{id}` hash — id, op, params (JSON), owner, status, created_at/started_at/finished_at (Redis TIME,
+  absent = None), progress (JSON), attempts, error, image_count, expected_images, warnings (JSON list),
+  cancel_requested ("1"), worker (last consumer), entry (its stream entry id), version (bumped on every
+  published change). Terminal jobs expire after `result_ttl_seconds`.
+- `{stream}` — one entry `{job: id}` per queued job, read by the consumer group "workers". Finished
+  entries are acknowledged and deleted, so the stream holds only queued and in-flight jobs.
+- `{stream}:counts` — hash status → jobs: `queued` and `running` are current, the terminal ones are
+  totals since Redis started (terminal hashes expire silently). `queued` is the backlog that submit
+  checks, inside the same script that enqueues, so concurrent submitters cannot overshoot the limit.
+- `{stream}:dead` — a copy of every failed job (id, op, owner, attempts, error).
+- `result:{id}:{i}` — PNG bytes, same TTL.
+- `job:{id}:events` — pub/sub channel; every change publishes the job's fields (without params) and its
+  version, in the same script that makes the change.
+
+Every transition is one Lua script that checks the current status first, so a terminal state is written
+exactly once whoever races for it (two workers after a takeover, a worker and a cancel).
+The client must return bytes (`decode_responses=False`, redis-py's default): results are PNG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+GROUP = "workers"  # the stream's consumer group
+DEAD_LETTER_MAXLEN = 10_000
+
+
+def job_key(job_id: str) -> str:
+    return f"job:{job_id}"
+
+
+def events_channel(job_id: str) -> str:
+    return f"job:{job_id}:events"
+
+
+def result_key(job_id: str, index: int) -> str:
+    return f"result:{job_id}:{index}"
+
+
+def counts_key(stream: str) -> str:
+    return f"{stream}:counts"
+
+
+def dead_letter_key(stream: str) -> str:
+    return f"{stream}:dead"
+
+
+def text(value: bytes | str) -> str:
+    """A Redis reply as str (the clients return bytes: results are PNG)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def decode_hash(raw: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
+    return {text(name): text(value) for name, value in raw.items()}

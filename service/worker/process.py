@@ -1,0 +1,86 @@
+"""The worker process: load and warm up the checkpoint, then run the loop with its probe server until
+SIGTERM (`unclip worker`, or one thread of `unclip serve`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from typing import TYPE_CHECKING
+
+import redis
+
+from service.settings import Settings
+from service.worker.executor import Executor
+from service.worker.loop import Worker
+from service.worker.metrics import WorkerMetrics
+from service.worker.probe import Heartbeat, serve_worker_http
+from service.worker.queue import WorkerQueue
+
+if TYPE_CHECKING:
+    from models.pipeline import UnCLIPPipeline
+
+log = logging.getLogger("service.worker")
+
+
+def consumer_name(settings: Settings) -> str:
+    return settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def load_pipeline(settings: Settings) -> UnCLIPPipeline:
+    """The pipeline on the configured checkpoint (the shipped default when none), device and dtype."""
+    from models.attention import set_default_backend
+    from models.checkpoint import default_checkpoint
+    from models.pipeline import UnCLIPPipeline
+
+    set_default_backend(settings.attention_backend)
+    folder = settings.checkpoint or default_checkpoint()
+    log.info("loading checkpoint", extra={"checkpoint": str(folder), "device": settings.device})
+    pipeline = UnCLIPPipeline.from_checkpoint(folder, device=settings.device, dtype=settings.dtype)
+    warm_up(pipeline, settings)
+    return pipeline
+
+
+def warm_up(pipeline: UnCLIPPipeline, settings: Settings) -> None:
+    """Before the first job: compile the denoising steps for the batch sizes served (or, compiling off,
+    one image at one step: CUDA context, cuDNN and Triton autotuning), so no client request pays for it."""
+    from models.pipeline.runtime import warm_up as warm_up_pipeline
+
+    report = warm_up_pipeline(
+        pipeline, settings.compile, settings.worker_compile_batch_sizes(), settings.compile_cache_dir
+    )
+    log.info("pipeline warmed up", extra=report)
+
+
+def run_worker(
+    settings: Settings,
+    pipeline: UnCLIPPipeline,
+    stop: threading.Event,
+    consumer: str | None = None,
+    poll_seconds: float = 1.0,
+) -> None:
+    """Runs a worker on `pipeline` until `stop` is set (then drains its batch). Serves /metrics and /healthz
+    on `settings.worker_metrics_port` when set (after the checkpoint is loaded: the startup probe waits)."""
+    if not settings.redis_url:
+        raise RuntimeError("the worker needs a Redis: set UNCLIP_REDIS_URL (or run `unclip serve`)")
+    client = redis.Redis.from_url(settings.redis_url)
+    metrics = WorkerMetrics()
+    heartbeat = Heartbeat()
+    server = None
+    if settings.worker_metrics_port is not None:
+        try:
+            server = serve_worker_http(settings.worker_metrics_port, metrics.registry, heartbeat)
+        except OSError as error:  # a busy port must not keep `unclip serve` from working
+            log.warning("no worker metrics endpoint", extra={"port": settings.worker_metrics_port,
+                                                              "error": str(error)})
+    queue = WorkerQueue(client, settings, consumer or consumer_name(settings))
+    worker = Worker(queue, Executor(pipeline, settings.max_batch_size), settings, metrics, poll_seconds,
+                    heartbeat)
+    try:
+        worker.run(stop)
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        client.close()
