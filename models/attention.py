@@ -9,7 +9,10 @@ Backends:
 - "sdpa": `torch.nn.functional.scaled_dot_product_attention`.
 - "auto" (the default): Triton for fp16/bf16 CUDA inputs it supports, else SDPA (CPU, fp32, training,
   no Triton installed).
-The backend that ran is logged once per shape class at INFO on the "models.attention" logger.
+The backend that ran is logged once per shape class at INFO on the "models.attention" logger, from eager
+code only: inside torch.compile the log is skipped (a logging call would break the graph; the worker's
+eager warm-up has logged every shape class by then). The Triton kernel is a torch custom op
+("unclip::flash_attention"), so compiled graphs and CUDA graphs hold it as one opaque node.
 
 Both backends follow one masking contract (the float64 reference in `models.kernels.reference` too):
 - causal is aligned to the end: query i sees key j iff j <= i + (Skv - Sq). With Sq == Skv (how the prior
@@ -62,8 +65,13 @@ def attention(
     key_padding_mask: torch.Tensor | None = None,
     causal: bool = False,
     backend: str | None = None,
+    rows_see_a_key: bool = False,
 ) -> torch.Tensor:
-    """q `[B, H, Sq, D]`, k/v `[B, H, Skv, D]` → `[B, H, Sq, D]`; backend None = the default (see above)."""
+    """q `[B, H, Sq, D]`, k/v `[B, H, Skv, D]` → `[B, H, Sq, D]`; backend None = the default (see above).
+
+    rows_see_a_key: the caller knows every query row has at least one visible key (the decoder's spatial
+    keys are never padded), so SDPA's output needs no zeroing of empty rows.
+    """
     backend = backend or _default_backend
     if backend not in BACKENDS:
         raise ValueError(f"attention backend must be one of {BACKENDS}, got {backend!r}")
@@ -74,12 +82,31 @@ def attention(
         reason = _triton_reason(q, k, v, key_padding_mask)
         if reason is not None:
             raise ValueError(f"attention backend 'triton' cannot run these inputs: {reason}")
-    _log_once(backend, q, k, key_padding_mask, causal)
+    if not torch.compiler.is_compiling():
+        _log_once(backend, q, k, key_padding_mask, causal)
     if backend == "triton":
-        kernels = _flash_attention_module()
-        assert kernels is not None  # _triton_reason said it imports
-        return kernels.flash_attention(q, k, v, key_padding_mask=key_padding_mask, causal=causal)
-    return sdpa_attention(q, k, v, key_padding_mask=key_padding_mask, causal=causal)
+        return triton_attention(q, k, v, key_padding_mask, causal)
+    return sdpa_attention(
+        q, k, v, key_padding_mask=key_padding_mask, causal=causal, rows_see_a_key=rows_see_a_key
+    )
+
+
+@torch.library.custom_op("unclip::flash_attention", mutates_args=())
+def triton_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None, causal: bool
+) -> torch.Tensor:
+    """The Triton kernel as an opaque op: `[B, H, Sq, D]`, contiguous, in q's dtype."""
+    kernels = _flash_attention_module()
+    if kernels is None:
+        raise ValueError("attention backend 'triton' cannot run: triton is not installed")
+    return kernels.flash_attention(q, k, v, key_padding_mask=key_padding_mask, causal=causal)
+
+
+@triton_attention.register_fake
+def _(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None, causal: bool
+) -> torch.Tensor:
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
 
 
 def sdpa_attention(
@@ -89,6 +116,7 @@ def sdpa_attention(
     *,
     key_padding_mask: torch.Tensor | None = None,
     causal: bool = False,
+    rows_see_a_key: bool = False,
 ) -> torch.Tensor:
     """The SDPA backend under this module's masking contract (end-aligned causal, empty rows → zeros)."""
     sq, skv = q.shape[-2], k.shape[-2]
@@ -102,6 +130,8 @@ def sdpa_attention(
     if causal:
         mask = mask & torch.ones(sq, skv, dtype=torch.bool, device=q.device).tril(skv - sq)  # [B, 1, Sq, Skv]
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    if rows_see_a_key and not causal:
+        return out
     # Rows with no visible key: some SDPA kernels give NaN there, the contract says zeros.
     return out.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
 

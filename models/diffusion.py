@@ -78,10 +78,15 @@ def gaussian_noise(
 ) -> torch.Tensor:
     """`[len(generators), *shape]` standard normal noise, row i drawn only from `generators[i]`.
 
-    Drawn on the CPU in float32 whatever the target, so an item's noise does not depend on the batch it is
-    in, the device or the dtype.
+    Drawn in float32 on each generator's own device whatever the target, so an item's noise does not
+    depend on the batch it is in or the dtype. CPU generators give the same noise on every device (one
+    host → device copy per call); CUDA generators draw on the GPU (no copy, no host sync; their numbers
+    differ from a CPU generator's of the same seed).
     """
-    rows = [torch.randn(tuple(shape), generator=generator, dtype=torch.float32) for generator in generators]
+    rows = [
+        torch.randn(tuple(shape), generator=generator, dtype=torch.float32, device=generator.device)
+        for generator in generators
+    ]
     return torch.stack(rows).to(device=device, dtype=dtype)
 
 
@@ -177,6 +182,11 @@ class GaussianDiffusion:
 
     def model_timesteps(self, step: int, batch: int, device: torch.device | str) -> torch.Tensor:
         return torch.full((batch,), self.timesteps[step], dtype=torch.long, device=device)
+
+    def _all_model_timesteps(self, batch: int, device: torch.device | str) -> list[torch.Tensor]:
+        """Step i's model timesteps `[batch]` for every step, in one host → device copy."""
+        table = torch.tensor(self.timesteps, dtype=torch.long).to(device)  # [steps]
+        return list(table[:, None].expand(-1, batch).contiguous().unbind(0))
 
     def split_output(self, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`[B, 2C, ...]` -> prediction `[B, C, ...]`, variance interpolant v `[B, C, ...]` (or None)."""
@@ -304,9 +314,10 @@ class GaussianDiffusion:
             raise ValueError(f"need one generator per item: {len(generators)} for a batch of {x_T.shape[0]}")
         x = x_T
         total = self.num_steps
+        timesteps = self._all_model_timesteps(x.shape[0], x.device)  # made once, not per step
         for step in reversed(range(total)):
             model = final_denoise if step == 0 and final_denoise is not None else denoise
-            output = model(x, self.model_timesteps(step, x.shape[0], x.device))
+            output = model(x, timesteps[step])
             noisy = step > 0 and (method == "ddpm" or eta > 0)
             noise = gaussian_noise(generators, x.shape[1:], x.device, x.dtype) if noisy else None
             if method == "ddpm":
@@ -330,8 +341,9 @@ class GaussianDiffusion:
         """DDIM inversion: the deterministic x_T from which eta=0 DDIM sampling returns (about) to x0."""
         x = x0
         total = self.num_steps
+        timesteps = self._all_model_timesteps(x.shape[0], x.device)
         for step in range(total):
-            output = denoise(x, self.model_timesteps(max(step - 1, 0), x.shape[0], x.device))
+            output = denoise(x, timesteps[max(step - 1, 0)])
             x = self.ddim_inversion_step(output, x, step, clamp)
             if on_step is not None:
                 on_step(step + 1, total)

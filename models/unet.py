@@ -24,9 +24,16 @@ from models.nn import LayerNorm, timestep_embedding
 
 
 class GroupNorm(nn.GroupNorm):
-    """Normalises in at least float32 whatever the dtype (fp16 statistics are too coarse; float64 stays)."""
+    """GroupNorm whose statistics are float32 or wider whatever the dtype.
+
+    bf16 runs the native kernel: it accumulates the mean and variance in float32 on CPU and CUDA, and
+    bf16 has float32's range, so an upcast copy of every activation buys nothing. fp16 (5 exponent bits)
+    is normalised in float32 and cast back; float64 stays float64.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.bfloat16:
+            return F.group_norm(x, self.num_groups, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
         wide = torch.promote_types(x.dtype, torch.float32)
         normed = F.group_norm(x.to(wide), self.num_groups, self.weight.to(wide), self.bias.to(wide), self.eps)
         return normed.to(x.dtype)
@@ -96,7 +103,12 @@ def _resample(x: torch.Tensor, direction: str) -> torch.Tensor:
 
 
 class AttentionBlock(nn.Module):
-    """Self-attention over the H*W positions; with a context, keys/values are `[context, spatial]`."""
+    """Self-attention over the H*W positions; with a context, keys/values are `[context, spatial]`.
+
+    The projections are stored as 1x1 Conv1d weights `[O, I, 1]` (the layout of GLIDE/Karlo checkpoints
+    and of ours) but run as `F.linear` on tokens `[B, HW, C]`: one matmul each, and q/k/v come out
+    with D innermost, as SDPA's fast kernels and the Triton kernel want, without a copy.
+    """
 
     def __init__(self, channels: int, head_channels: int, groups: int, context_width: int = 0) -> None:
         super().__init__()
@@ -114,21 +126,25 @@ class AttentionBlock(nn.Module):
         """x `[B, C, H, W]`, context `[B, N, context_width]`, context_mask `[B, N]` bool (True = real)."""
         b, c, height, width = x.shape
         heads, d = self.heads, c // self.heads
-        qkv = self.qkv(self.norm(x).reshape(b, c, -1))  # [B, 3C, HW]
-        # 3 x [B, H, HW, D], made contiguous in D: SDPA's fast CPU kernels (and the Triton kernel's loads)
-        # want it, and a strided view sends CPU SDPA to its generic path, ~3x slower at 32x32.
-        q, k, v = (t.contiguous() for t in qkv.reshape(b, 3, heads, d, -1).transpose(-1, -2).unbind(1))
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # [B, HW, C]
+        qkv = _pointwise(tokens, self.qkv).view(b, -1, 3, heads, d)  # channel = (3, heads, d), as the conv
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, heads, HW, D], D innermost
         key_padding_mask = None
         if self.encoder_kv is not None and context is not None:
-            context_kv = self.encoder_kv(context.transpose(1, 2))  # [B, 2C, N]
-            ck, cv = context_kv.reshape(b, 2, heads, d, -1).transpose(-1, -2).unbind(1)  # 2 x [B, H, N, D]
-            k, v = torch.cat([ck, k], dim=2), torch.cat([cv, v], dim=2)  # [B, H, N + HW, D]
+            context_kv = _pointwise(context, self.encoder_kv).view(b, -1, 2, heads, d)  # [B, N, 2, heads, D]
+            ck, cv = context_kv.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x [B, heads, N, D]
+            k, v = torch.cat([ck, k], dim=2), torch.cat([cv, v], dim=2)  # [B, heads, N + HW, D]
             if context_mask is not None:
-                spatial = torch.ones(b, height * width, dtype=torch.bool, device=x.device)
-                key_padding_mask = torch.cat([context_mask.to(x.device), spatial], dim=1)
-        out = attention(q, k, v, key_padding_mask=key_padding_mask)  # [B, H, HW, D]
-        out = out.transpose(-1, -2).reshape(b, c, -1)
-        return x + self.proj_out(out).reshape(b, c, height, width)
+                key_padding_mask = F.pad(context_mask.to(x.device), (0, height * width), value=True)
+        # The spatial keys are never padded, so every query row sees a key.
+        out = attention(q, k, v, key_padding_mask=key_padding_mask, rows_see_a_key=True)  # [B, heads, HW, D]
+        out = _pointwise(out.transpose(1, 2).reshape(b, height * width, c), self.proj_out)  # [B, HW, C]
+        return x + out.transpose(1, 2).reshape(b, c, height, width)
+
+
+def _pointwise(tokens: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """A 1x1 Conv1d applied to tokens `[B, N, I]` as a linear layer → `[B, N, O]`."""
+    return F.linear(tokens, conv.weight.squeeze(-1), conv.bias)
 
 
 class Downsample(nn.Module):
@@ -363,10 +379,26 @@ class DecoderUNet(UNet):
 class SuperResUNet(UNet):
     """An upsampler: x_t `[B, 3, H, W]` conditioned on the low-resolution image `[B, 3, h, w]`."""
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, low_res: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def upsample_condition(self, low_res: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """low_res `[B, 3, h, w]` → `[B, 3, *size]` in float32 or wider, what every step concatenates to
+        x_t (a sampler computes it once per stage, not once per step)."""
         mode = self.config.low_res_upsample
-        # Karlo upsamples bicubic with antialias (PIL's a = -0.5 kernel, not the plain -0.75 one).
-        upsampled = F.interpolate(
-            low_res.to(x.dtype), x.shape[-2:], mode=mode, align_corners=False, antialias=mode == "bicubic"
-        )
-        return super().forward(torch.cat([x, upsampled], dim=1), t)
+        # Karlo upsamples bicubic with antialias (PIL's a = -0.5 kernel, not the plain -0.75 one). In
+        # float32 (float64 stays) whatever the weights: CPU has no bf16 antialiased bicubic kernel.
+        wide = low_res.to(torch.promote_types(low_res.dtype, torch.float32))
+        return F.interpolate(wide, size, mode=mode, align_corners=False, antialias=mode == "bicubic")
+
+    def forward(  # type: ignore[override]
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        low_res: torch.Tensor | None = None,
+        upsampled: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x `[B, 3, H, W]`, t `[B]` and either low_res `[B, 3, h, w]` or, computed once for every step of
+        a sampler, upsampled = `upsample_condition(low_res, (H, W))`."""
+        if (low_res is None) == (upsampled is None):
+            raise ValueError("give the upsampler low_res or upsampled, one of the two")
+        if upsampled is None:
+            upsampled = self.upsample_condition(low_res, tuple(x.shape[-2:]))
+        return super().forward(torch.cat([x, upsampled.to(x.dtype)], dim=1), t)

@@ -75,7 +75,15 @@ def load_pipeline(args: argparse.Namespace) -> UnCLIPPipeline:
     folder = Path(args.checkpoint or settings.checkpoint or default_checkpoint())
     if (folder / CONFIG_FILE).is_file():  # else load_checkpoint names the missing file
         read_capabilities(folder).check(COMMAND_OPS[args.command])
-    return UnCLIPPipeline.from_checkpoint(folder, device=args.device or settings.device, dtype=settings.dtype)
+    device = args.device or settings.device
+    pipeline = UnCLIPPipeline.from_checkpoint(folder, device=device, dtype=settings.dtype)
+    # One command runs a few dozen steps: a compile (minutes cold, seconds from the cache) costs more than
+    # it saves, so "auto" stays eager here and only an explicit UNCLIP_COMPILE compiles.
+    if settings.compile != "auto":
+        from models.pipeline.runtime import compile_on_first_use
+
+        compile_on_first_use(pipeline, settings.compile, settings.compile_cache_dir)
+    return pipeline
 
 
 def sampling_of(pipeline: UnCLIPPipeline, args: argparse.Namespace) -> Sampling:

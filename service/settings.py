@@ -51,7 +51,24 @@ class Settings(BaseSettings):
 
     # The worker.
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    dtype: str = Field("auto", description="auto | float32 | float16 | bfloat16")
+    dtype: str = Field(
+        "auto",
+        description="auto (CUDA bf16/fp16; CPU bf16 with bf16 matrix units, else fp32) | float32 | "
+        "float16 | bfloat16",
+    )
+    compile: str = Field(
+        "auto",
+        description="auto (inductor where a C++ compiler / Triton exists) | off | inductor | "
+        "max-autotune | cudagraphs (CUDA); the worker compiles at warm-up, the CLI only when set",
+    )
+    compile_batch_sizes: Annotated[list[int], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated images per call the worker compiles for at warm-up (others run eager); "
+        "empty = 1 and max_batch_size.",
+    )
+    compile_cache_dir: Path | None = Field(
+        None, description="Compiled kernels kept across restarts; unset = ~/.cache/unclip/compile."
+    )
     attention_backend: str = Field("auto", description="auto | triton | sdpa")
     max_batch_size: int = Field(8, description="Images a worker runs in one batch.")
     worker_name: str | None = Field(None, description="Consumer name; unset = hostname-pid.")
@@ -81,6 +98,17 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
+
+    @field_validator("compile_batch_sizes", mode="before")
+    @classmethod
+    def _split_sizes(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [int(size) for size in value.split(",") if size.strip()]
+        return value
+
+    def worker_compile_batch_sizes(self) -> list[int]:
+        """The batch sizes the worker captures: the setting, or 1 and max_batch_size."""
+        return sorted(set(self.compile_batch_sizes or [1, self.max_batch_size]))
 
     @field_validator("webhook_secret")
     @classmethod

@@ -43,6 +43,9 @@ LOG2_E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2(e))
 MAX_HEAD_DIM = 256
 MAX_BATCH_HEADS = 65535  # CUDA's limit on grid axis 1
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# Read once: Triton fixes interpreted-or-compiled when a kernel is defined (this module's import), and a
+# read at call time would be a C call that torch.compile cannot trace.
+INTERPRETED = bool(triton.knobs.runtime.interpret)
 INTERPRETER_BLOCK = (32, 32)  # (BLOCK_M, BLOCK_N) when running in the interpreter: no autotuning there
 
 
@@ -312,7 +315,7 @@ def unsupported_reason(
         return f"dtypes {q.dtype}/{k.dtype}/{v.dtype} (needs one of fp16, bf16, fp32 for all three)"
     if not (q.device == k.device == v.device):
         return "q, k, v on different devices"
-    if q.device.type != "cuda" and not triton.knobs.runtime.interpret:
+    if q.device.type != "cuda" and not INTERPRETED:
         return f"device {q.device.type} (Triton runs on CUDA, or on CPU with TRITON_INTERPRET=1)"
     if q.shape[-1] > MAX_HEAD_DIM:
         return f"head dim {q.shape[-1]} > {MAX_HEAD_DIM}"

@@ -9,21 +9,31 @@ import torch
 from models.diffusion import gaussian_noise
 
 
-def item_generators(seeds: list[int]) -> list[torch.Generator]:
-    """One CPU generator per item: every random number an item uses comes from its own stream, so its
-    output does not depend on the batch it runs in (`models.diffusion.gaussian_noise` draws row by row)."""
-    return [torch.Generator().manual_seed(seed) for seed in seeds]
+def generator_device(device: torch.device | str) -> torch.device:
+    """Where an item's random stream lives: on a CUDA pipeline the GPU (noise is drawn there, with no
+    host copy per step), else the CPU."""
+    device = torch.device(device)
+    return device if device.type == "cuda" else torch.device("cpu")
+
+
+def item_generators(seeds: list[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
+    """One generator per item (`generator_device`): every random number an item uses comes from its own
+    stream, so its output does not depend on the batch it runs in (`models.diffusion.gaussian_noise`
+    draws row by row)."""
+    where = generator_device(device)
+    return [torch.Generator(where).manual_seed(seed) for seed in seeds]
 
 
 def derived_seed(generator: torch.Generator) -> int:
     """A new seed drawn from `generator` (for a second stream that must not repeat the first)."""
-    return int(torch.randint(2**62, (1,), generator=generator))
+    return int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
 
 
-def frame_generators(seed: int, frames: int) -> list[torch.Generator]:
+def frame_generators(seed: int, frames: int, device: torch.device | str = "cpu") -> list[torch.Generator]:
     """`frames` generators on one and the same stream: every frame of a sequence gets the same noise, so
     frames differ only where their conditioning does."""
-    return [torch.Generator().manual_seed(seed) for _ in range(frames)]
+    where = generator_device(device)
+    return [torch.Generator(where).manual_seed(seed) for _ in range(frames)]
 
 
 def sequence_streams(
@@ -34,10 +44,10 @@ def sequence_streams(
     frames continue on a seed derived after it, so the two never repeat each other's numbers."""
     generators, fixed = [], []
     for seed in seeds:
-        stream = torch.Generator().manual_seed(seed)
+        stream = torch.Generator(generator_device(device)).manual_seed(seed)
         if fixed_shape is not None:
             fixed.append(gaussian_noise([stream], fixed_shape, device))
-        generators.extend(frame_generators(derived_seed(stream), frames))
+        generators.extend(frame_generators(derived_seed(stream), frames, device))
     return generators, torch.cat(fixed) if fixed_shape is not None else None
 
 

@@ -7,7 +7,7 @@ Every network output is cast to float32, the dtype the diffusion math runs in wh
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -27,6 +27,9 @@ from models.diffusion import (
 from models.prior import DiffusionPrior
 from models.tokenizer import Tokenizer
 from models.unet import DecoderUNet, SuperResUNet
+
+# A network's step as the samplers call it: the module itself, or its `runtime.CompiledStep`.
+Step = Callable[..., torch.Tensor]
 
 # The prior draws this many embeddings per item and keeps the one closest to the text (unCLIP §2.1),
 # unless the checkpoint says otherwise (PriorConfig.sample_candidates; Karlo: 1).
@@ -59,7 +62,7 @@ def encode_images(clip: CLIP, images: torch.Tensor) -> torch.Tensor:
 # Prior ------------------------------------------------------------------------------------------------
 
 
-def prior_denoiser(prior: DiffusionPrior, text: TextEncoding, guidance: float) -> Denoiser:
+def prior_denoiser(prior: DiffusionPrior | Step, text: TextEncoding, guidance: float) -> Denoiser:
     """x_t `[N, E]` → guided x0 `[N, E]`; the null half sees the prior's learned null text."""
     rows = text.embeds.shape[0]
     if guidance == 1.0:  # the unconditional half would cancel out: skip it
@@ -91,13 +94,15 @@ def sample_prior(
     clamp: Clamp | None = None,
     candidates: int | None = None,
     on_step: StepCallback | None = None,
+    step: Step | None = None,
 ) -> torch.Tensor:
     """CLIP image embeddings z_i `[B, E]`: the best of `candidates` (None: PRIOR_CANDIDATES) samples by
     cos(z_i, z_t).
 
     `unit`: return unit vectors (what our decoders are trained on); else the prior's raw embeddings (a
     decoder trained on unnormalised CLIP image embeddings, as Karlo's, needs their length).
-    `clamp` applies to predicted x0 in the prior's diffusion space.
+    `clamp` applies to predicted x0 in the prior's diffusion space. `step` runs the prior (None: the
+    module itself; the pipeline passes its compiled step).
     """
     batch, embed_dim = text.embeds.shape
     device = text.embeds.device
@@ -107,7 +112,7 @@ def sample_prior(
     rows = TextEncoding(*(part.repeat_interleave(count, dim=0) for part in text))
     row_generators = [g for g in generators for _ in range(count)]
     x_T = gaussian_noise(row_generators, (embed_dim,), device, sampling_dtype(text.embeds.dtype))
-    denoise = prior_denoiser(prior, rows, guidance)
+    denoise = prior_denoiser(step or prior, rows, guidance)
     latents = diffusion.sample(denoise, x_T, row_generators, method="ddpm", clamp=clamp, on_step=on_step)
     z = full_precision(prior.latents_to_embeds(latents)).view(batch, count, embed_dim)
     score = (F.normalize(z, dim=-1) * text.embeds.to(z.dtype)[:, None]).sum(-1)  # [B, candidates]
@@ -155,7 +160,10 @@ def concat_conditions(first: DecoderCondition, second: DecoderCondition) -> Deco
 
 
 def decoder_denoiser(
-    decoder: DecoderUNet, condition: DecoderCondition, guidance: float, image_guidance: float | None = None
+    decoder: DecoderUNet | Step,
+    condition: DecoderCondition,
+    guidance: float,
+    image_guidance: float | None = None,
 ) -> Denoiser:
     """x_t `[B, 3, 64, 64]` → guided output `[B, out_channels, 64, 64]` (a learned variance is unguided).
 
@@ -195,9 +203,13 @@ def decoder_denoiser(
 # Upsamplers -------------------------------------------------------------------------------------------
 
 
-def upsampler_denoiser(upsampler: SuperResUNet, low_res: torch.Tensor) -> Denoiser:
-    """No text and no guidance (unCLIP §2.2): the low-resolution image `[B, 3, s, s]` is the condition."""
-    return lambda x, t: full_precision(upsampler(x, t, low_res))
+def upsampler_denoiser(upsampler: SuperResUNet, low_res: torch.Tensor, step: Step | None = None) -> Denoiser:
+    """No text and no guidance (unCLIP §2.2): the low-resolution image `[B, 3, s, s]` is the condition,
+    upsampled once here for every step. `step` runs the upsampler (None: the module itself)."""
+    side = upsampler.config.image_size
+    upsampled = upsampler.upsample_condition(low_res, (side, side))
+    run = step or upsampler
+    return lambda x, t: full_precision(run(x, t, None, upsampled))
 
 
 # Inpainting -------------------------------------------------------------------------------------------

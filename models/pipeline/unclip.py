@@ -9,10 +9,11 @@ Stage sizes are the checkpoint's (`decoder.image_size`, `sr256.image_size`, ...)
 every real checkpoint; `sampling.size` names the stage to stop after.
 
 Karlo: with a checkpoint imported by models.convert.karlo, `generate` reproduces diffusers' UnCLIPPipeline
-given `generator=[torch.Generator().manual_seed(s) for s in seeds]`. Every choice that differs from ours
-is the checkpoint's (see that module): one prior sample, raw image embeddings, the x0 and variance
-clamps, the guidance nulls and sr256_last. Both draw, per item, prior x_T, the prior's step noise, decoder
-x_T, its step noise, upsampler x_T, its step noise, in that order.
+given `generator=[torch.Generator(device).manual_seed(s) for s in seeds]` (our item generators live
+on the pipeline's device: CUDA noise is drawn on the GPU, `latents.item_generators`). Every choice that
+differs from ours is the checkpoint's (see that module): one prior sample, raw image embeddings, the x0
+and variance clamps, the guidance nulls and sr256_last. Both draw, per item, prior x_T, the prior's step
+noise, decoder x_T, its step noise, upsampler x_T, its step noise, in that order.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from models.pipeline.sampling import stage_reporter
 from models.pipeline.stages import (
     DecoderCondition,
     KnownRegion,
+    Step,
     decoder_denoiser,
     encode_images,
     encode_text,
@@ -54,6 +56,9 @@ class UnCLIPPipeline:
         self.models = models
         self.device = device
         self.dtype = dtype
+        # Compiled denoising steps by component name ("prior", "decoder", "sr256", ...), installed by
+        # `models.pipeline.runtime.compile_pipeline`; a component without one runs eager.
+        self.steps: dict[str, Step] = {}
 
     @classmethod
     def from_checkpoint(
@@ -101,7 +106,7 @@ class UnCLIPPipeline:
         """Text → images: prior (2 candidates, guided) → guided decoder → upsamplers."""
         _same_length(prompts=prompts, seeds=seeds)
         self._check_size(sampling)
-        generators = item_generators(seeds)
+        generators = item_generators(seeds, self.device)
         text = self._text(prompts)
         image_embed = self._prior(text, generators, sampling, progress)
         condition = DecoderCondition(image_embed, text.states, text.mask)
@@ -126,7 +131,7 @@ class UnCLIPPipeline:
         self._check_size(sampling)
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
-        generators = item_generators(seeds)
+        generators = item_generators(seeds, self.device)
         condition = self._image_condition(self._image_embeds(images))
         x_T = self._invert(condition, self._pixels(images, self._decoder_size), sampling, progress)
         x = self._decode(condition, x_T, generators, sampling, progress, method="ddim", eta=eta)
@@ -163,7 +168,7 @@ class UnCLIPPipeline:
         def region_at(size: int) -> KnownRegion:
             return KnownRegion(self._pixels(images, size), known_regions(masks, size, self.device))
 
-        generators = item_generators(seeds)
+        generators = item_generators(seeds, self.device)
         text = self._text(prompts)
         region = region_at(self._decoder_size)
         no_image_embed = text.embeds.new_zeros(len(prompts), self.models.config.clip.embed_dim)
@@ -286,6 +291,7 @@ class UnCLIPPipeline:
             clamp=x0_clamp(config.prior_diffusion, default=None),
             candidates=config.prior.sample_candidates,
             on_step=stage_reporter(progress, "prior"),
+            step=self.steps.get("prior"),
         )
 
     def _decode(
@@ -304,7 +310,8 @@ class UnCLIPPipeline:
         """The 64 px decoder from x_T `[B, 3, 64, 64]` → x_0 `[B, 3, 64, 64]`; `image_guidance` see
         `decoder_denoiser`."""
         diffusion = self._diffusion("decoder", sampling.decoder_steps)
-        denoise = decoder_denoiser(self.models.decoder, condition, sampling.decoder_guidance, image_guidance)
+        decoder = self.steps.get("decoder", self.models.decoder)
+        denoise = decoder_denoiser(decoder, condition, sampling.decoder_guidance, image_guidance)
         return diffusion.sample(
             denoise,
             x_T,
@@ -325,7 +332,8 @@ class UnCLIPPipeline:
     ) -> torch.Tensor:
         """DDIM inversion through the decoder at `inversion_guidance` (see `Sampling`)."""
         diffusion = self._diffusion("decoder", sampling.decoder_steps)
-        denoise = decoder_denoiser(self.models.decoder, condition, sampling.inversion_guidance)
+        decoder = self.steps.get("decoder", self.models.decoder)
+        denoise = decoder_denoiser(decoder, condition, sampling.inversion_guidance)
         clamp = self._image_clamp("decoder", None)
         return diffusion.invert(denoise, x0, clamp=clamp, on_step=stage_reporter(progress, "invert"))
 
@@ -350,13 +358,15 @@ class UnCLIPPipeline:
             low_res = x.clamp(-1, 1)
             last = self.models.sr256_last if stage == "sr256" else None
             x = diffusion.sample(
-                upsampler_denoiser(upsampler, low_res),
+                upsampler_denoiser(upsampler, low_res, self.steps.get(stage)),
                 self._noise(generators, size),
                 generators,
                 clamp=self._image_clamp(stage, region),
                 after_step=None if region is None else region.replacer(diffusion, generators),
                 on_step=stage_reporter(progress, stage),
-                final_denoise=None if last is None else upsampler_denoiser(last, low_res),
+                final_denoise=None
+                if last is None
+                else upsampler_denoiser(last, low_res, self.steps.get("sr256_last")),
             )
         return x
 

@@ -7,7 +7,6 @@ import logging
 import os
 import socket
 import threading
-import time
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -40,7 +39,7 @@ def load_pipeline(settings: Settings) -> UnCLIPPipeline:
     folder = settings.checkpoint or default_checkpoint()
     log.info("loading checkpoint", extra={"checkpoint": str(folder), "device": settings.device})
     pipeline = UnCLIPPipeline.from_checkpoint(folder, device=settings.device, dtype=settings.dtype)
-    warm_up(pipeline)
+    warm_up(pipeline, settings)
     return pipeline
 
 
@@ -51,13 +50,15 @@ def served_card(settings: Settings) -> dict[str, Any]:
     return checkpoint_card(settings.checkpoint or default_checkpoint())
 
 
-def warm_up(pipeline: UnCLIPPipeline) -> None:
-    """One image through every stage at one step each, before the first job: CUDA context, cuDNN and
-    Triton autotuning (cached per shape class) happen here, not inside a client's request."""
-    started = time.monotonic()
-    steps = {name: 1 for name in ("prior_steps", "decoder_steps", "sr256_steps", "sr1024_steps")}
-    pipeline.generate(["warm-up"], [0], pipeline.sampling(**steps))
-    log.info("pipeline warmed up", extra={"seconds": round(time.monotonic() - started, 3)})
+def warm_up(pipeline: UnCLIPPipeline, settings: Settings) -> None:
+    """Before the first job: compile the denoising steps for the batch sizes served (or, compiling off,
+    one image at one step: CUDA context, cuDNN and Triton autotuning), so no client request pays for it."""
+    from models.pipeline.runtime import warm_up as warm_up_pipeline
+
+    report = warm_up_pipeline(
+        pipeline, settings.compile, settings.worker_compile_batch_sizes(), settings.compile_cache_dir
+    )
+    log.info("pipeline warmed up", extra=report)
 
 
 def run_worker(

@@ -17,8 +17,8 @@ from torch import nn
 from models.checkpoint import init_checkpoint, load_checkpoint, save_checkpoint
 from models.config import named_config
 from models.diffusion import GaussianDiffusion, beta_schedule
-from models.pipeline import Progress, Sampling, UnCLIPPipeline
-from models.pipeline.devices import resolve_dtype
+from models.pipeline import Progress, Sampling, UnCLIPPipeline, devices
+from models.pipeline.devices import cpu_has_bf16_units, resolve_dtype
 from models.pipeline.latents import item_generators, slerp
 from models.pipeline.stages import DecoderCondition, decoder_denoiser, prior_denoiser, sample_prior
 
@@ -40,7 +40,8 @@ def lively_checkpoint(folder: Path, config: str | object = "tiny") -> Path:
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> UnCLIPPipeline:
-    return UnCLIPPipeline.from_checkpoint(lively_checkpoint(tmp_path_factory.mktemp("lively")), device="cpu")
+    folder = lively_checkpoint(tmp_path_factory.mktemp("lively"))
+    return UnCLIPPipeline.from_checkpoint(folder, device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -105,12 +106,28 @@ def test_a_checkpoint_without_the_1024_upsampler_refuses_size_1024(tmp_path: Pat
         pipeline.generate(["a"], [0], Sampling(size=1024))
 
 
-def test_dtype_auto_is_float32_on_the_cpu_and_names_are_checked() -> None:
+def test_dtype_auto_on_the_cpu_is_bf16_only_with_bf16_units_and_names_are_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     cpu = torch.device("cpu")
-    assert resolve_dtype("auto", cpu) is torch.float32
+    for units, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(devices, "cpu_has_bf16_units", lambda units=units: units)
+        assert resolve_dtype("auto", cpu) is expected
     assert resolve_dtype("bf16", cpu) is torch.bfloat16
     with pytest.raises(ValueError, match="float8"):
         resolve_dtype("float8", cpu)
+
+
+def test_bf16_units_are_read_from_the_cpu_flags(tmp_path: Path) -> None:
+    def flags(line: str) -> Path:
+        path = tmp_path / f"cpuinfo{len(list(tmp_path.iterdir()))}"
+        path.write_text(f"processor\t: 0\nmodel name\t: Xeon\n{line}\n\nprocessor\t: 1\n")
+        return path
+
+    assert cpu_has_bf16_units(flags("flags\t\t: fpu sse avx512f amx_bf16 amx_tile"))
+    assert cpu_has_bf16_units(flags("flags\t\t: fpu avx512f avx512_bf16"))
+    assert cpu_has_bf16_units(flags("Features\t: fp asimd bf16 i8mm"))  # Arm (Graviton 3)
+    assert not cpu_has_bf16_units(flags("flags\t\t: fpu sse avx2 avx512f avx512_vnni"))
 
 
 def test_truncated_prompts_are_reported(pipeline: UnCLIPPipeline) -> None:
@@ -391,7 +408,7 @@ def test_a_checkpoint_with_karlo_conditioning_options_runs_every_operation(tmp_p
         ),
         prior_diffusion=dataclasses.replace(config.prior_diffusion, x0_clip_range=10.0),
     )
-    pipeline = UnCLIPPipeline.from_checkpoint(lively_checkpoint(tmp_path, config))
+    pipeline = UnCLIPPipeline.from_checkpoint(lively_checkpoint(tmp_path, config), dtype="float32")
     sampling = pipeline.sampling(**FAST)
 
     assert_images(pipeline.generate(["a red circle"], [0], sampling), 1, 64)
@@ -410,12 +427,13 @@ def test_a_checkpoint_with_karlo_sampling_choices_draws_one_prior_sample_and_end
         decoder_diffusion=dataclasses.replace(config.decoder_diffusion, clamp_learned_variance=False),
         sr256_last=config.sr256,
     )
-    pipeline = UnCLIPPipeline.from_checkpoint(lively_checkpoint(tmp_path, config), device="cpu")
+    folder = lively_checkpoint(tmp_path, config)
+    pipeline = UnCLIPPipeline.from_checkpoint(folder, device="cpu", dtype="float32")
     calls: dict[str, list] = {"prior": [], "sr256": [], "sr256_last": []}
 
     def record(name: str):
         def hook(module: nn.Module, args: tuple) -> None:
-            low_res = args[2] if name != "prior" else None
+            low_res = args[3] if name != "prior" else None  # upsampled once per stage, the same each step
             calls[name].append((args[0].shape[0], int(args[1][0]), low_res))
 
         return hook
@@ -605,7 +623,7 @@ def test_inpaint_keeps_the_known_pixels_and_repaints_the_rest(
     config = named_config("tiny")
     if not inpainting_decoder:  # the fallback: replace the known region with the noised original
         config = dataclasses.replace(config, decoder=dataclasses.replace(config.decoder, in_channels=3))
-    pipeline = UnCLIPPipeline.from_checkpoint(lively_checkpoint(tmp_path, config))
+    pipeline = UnCLIPPipeline.from_checkpoint(lively_checkpoint(tmp_path, config), dtype="float32")
     assert pipeline.models.decoder.supports_inpainting is inpainting_decoder
     image = picture(0)
 

@@ -36,9 +36,11 @@ TINY_JOB = {"op": "generate", "prompt": "a red circle", "n": 2, "size": 64, "see
 
 
 def service_env(**values: str) -> dict[str, str]:
-    """This environment without any UNCLIP_* setting, plus `values`."""
+    """This environment without any UNCLIP_* setting, plus `values`. Compiling is off: these tests are
+    about the processes, and a cold compile of the shipped model takes minutes on a CPU (the compiled
+    warm-up itself is tested in tests/models/test_runtime.py)."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("UNCLIP_")}
-    return env | values
+    return env | {"UNCLIP_COMPILE": "off"} | values
 
 
 def wait_ready(url: str, process: subprocess.Popen, timeout: float) -> None:

@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from service.jobs.layout import GROUP, dead_letter_key, job_key, result_key
+from service.settings import Settings
 from service.worker.metrics import WorkerMetrics
 from service.worker.process import warm_up
 from tests.service.worker.worker_fixtures import (
@@ -278,6 +279,8 @@ def stop_process(process: subprocess.Popen) -> None:
 
 
 def test_warm_up_runs_one_image_through_every_stage_at_one_step() -> None:
+    """With compiling off (compiled warm-ups: tests/models/test_runtime.py)."""
     pipeline = FakePipeline(step_delay=0)
-    warm_up(pipeline)
+    pipeline.device, pipeline.dtype = "cpu", "float32"  # what the warm-up's log line reports
+    warm_up(pipeline, Settings(compile="off"))
     assert pipeline.calls == [{"op": "generate", "seeds": [0], "steps": 2}]  # one prior + one decoder step
