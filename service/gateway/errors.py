@@ -132,7 +132,10 @@ async def handle_http_exception(request: Request, error: StarletteHTTPException)
 
 async def handle_redis_down(request: Request, error: redis.exceptions.RedisError) -> JSONResponse:
     log.error("redis error", extra={"error": repr(error), "path": request.url.path})
-    message = "the job queue (Redis) is unavailable; retry shortly"
+    message = (
+        "the job queue (Redis) is unavailable; retry shortly (with an Idempotency-Key header, a retried "
+        "submission cannot make a second job)"
+    )
     return await handle_api_error(
         request, ApiError(503, message, code="queue_unavailable", headers={"Retry-After": "5"})
     )

@@ -6,6 +6,7 @@ The layout is `service.jobs.layout`'s; every change goes through a `service.jobs
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import secrets
 import uuid
@@ -15,7 +16,15 @@ from typing import Any
 
 import redis.asyncio
 
-from service.jobs.layout import counts_key, decode_hash, events_channel, job_key, result_key, text
+from service.jobs.layout import (
+    counts_key,
+    decode_hash,
+    events_channel,
+    idempotency_key,
+    job_key,
+    result_key,
+    text,
+)
 from service.jobs.lua import CANCEL_LUA, SUBMIT_LUA
 from service.jobs.states import STATUSES, TERMINAL, JobStatus
 from service.settings import Settings
@@ -60,6 +69,20 @@ class Backlogged(Exception):
         self.retry_after = retry_after
 
 
+class IdempotencyConflict(Exception):
+    """The idempotency key names a live job that was submitted with another request."""
+
+    def __init__(self, job_id: str):
+        super().__init__(f"the Idempotency-Key was used for job {job_id} with a different request")
+        self.job_id = job_id
+
+
+def request_fingerprint(op: str, params: Mapping[str, Any]) -> str:
+    """sha256 of the canonical request (op and params as submitted, before a seed is drawn)."""
+    canonical = json.dumps({"op": op, "params": params}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
 class JobNotFound(LookupError):
     """No such job for this owner (missing, expired, or another owner's)."""
 
@@ -92,19 +115,34 @@ class JobStore:
         self._submit = redis.register_script(SUBMIT_LUA)
         self._cancel = redis.register_script(CANCEL_LUA)
 
-    async def submit(self, op: str, params: dict, owner: str, expected_images: int) -> Job:
-        """Queues a job; raises Backlogged when `backlog_limit` jobs are queued already."""
-        params = dict(params)
+    async def submit(
+        self, op: str, params: dict, owner: str, expected_images: int, idempotency: str | None = None
+    ) -> Job:
+        """Queues a job; raises Backlogged when `backlog_limit` jobs are queued already.
+
+        With an `idempotency` key: while the key's job lives, the same request returns that job (no second
+        one, whoever races) and another request raises IdempotencyConflict."""
+        fingerprint = request_fingerprint(op, params) if idempotency is not None else ""
+        submitted, params = params, dict(params)
         if params.get("seed") is None:
             params["seed"] = secrets.randbelow(SEED_BOUND)  # stored, so a retried job is reproducible
         job_id = uuid.uuid4().hex
         stream = self.settings.stream
-        accepted, value = await self._submit(
-            keys=[job_key(job_id), stream, counts_key(stream)],
-            args=[job_id, op, json.dumps(params), owner, expected_images, self.settings.backlog_limit],
+        outcome, value = await self._submit(
+            keys=[job_key(job_id), stream, counts_key(stream), idempotency_key(owner, idempotency or "")],
+            args=[job_id, op, json.dumps(params), owner, expected_images, self.settings.backlog_limit,
+                  fingerprint],
         )
-        if not accepted:
+        if outcome == 0:
             raise Backlogged(int(value))
+        if outcome == 3:
+            raise IdempotencyConflict(text(value))
+        if outcome == 2:
+            existing = await self.get(text(value), owner)
+            if existing is not None:
+                return existing
+            # it expired between the script and this read: the key is free again
+            return await self.submit(op, submitted, owner, expected_images, idempotency)
         return Job(id=job_id, op=op, status="queued", params=params, owner=owner, created_at=float(value),
                    started_at=None, finished_at=None, progress=None, attempts=0, error=None, image_count=0,
                    expected_images=expected_images, warnings=[])

@@ -12,6 +12,9 @@ Layout (DESIGN §4):
   checks, inside the same script that enqueues, so concurrent submitters cannot overshoot the limit.
 - `{stream}:dead` — a copy of every failed job (id, op, owner, attempts, error).
 - `result:{id}:{i}` — PNG bytes, same TTL.
+- `idempotency:{owner}:{sha256(key)}` — hash {job, fingerprint (sha256 of the canonical request)}, written
+  by the submit script with the job (so one key makes one job) and expiring with it; the job's hash names
+  it in its `idempotency` field.
 - `job:{id}:events` — pub/sub channel; every change publishes the job's fields (without params) and its
   version, in the same script that makes the change.
 
@@ -22,6 +25,7 @@ The client must return bytes (`decode_responses=False`, redis-py's default): res
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 
 GROUP = "workers"  # the stream's consumer group
@@ -38,6 +42,11 @@ def events_channel(job_id: str) -> str:
 
 def result_key(job_id: str, index: int) -> str:
     return f"result:{job_id}:{index}"
+
+
+def idempotency_key(owner: str, key: str) -> str:
+    """Per owner, so two API keys never share one; hashed, so any header value makes a tidy key."""
+    return f"idempotency:{owner}:{hashlib.sha256(key.encode('utf-8')).hexdigest()}"
 
 
 def counts_key(stream: str) -> str:

@@ -50,13 +50,26 @@ end
 local function terminate(key, counts, from, to, ttl)
   redis.call('HSET', key, 'status', to, 'finished_at', now())
   redis.call('EXPIRE', key, ttl)
+  -- its idempotency key (if any) lives as long as the job it names
+  local idempotency = redis.call('HGET', key, 'idempotency')
+  if idempotency then redis.call('EXPIRE', idempotency, ttl) end
   move_count(counts, from, to)
 end
 """.replace("ALLOWED_JSON", _ALLOWED_JSON)
 
-# KEYS: job, stream, counts. ARGV: id, op, params, owner, expected_images, backlog_limit.
-# Returns {1, created_at} or {0, queued}.
+# KEYS: job, stream, counts, idempotency key (see layout.idempotency_key).
+# ARGV: id, op, params, owner, expected_images, backlog_limit, request fingerprint ('' = no idempotency key).
+# Returns {1, created_at} (queued) | {0, queued} (backlog full) | {2, job id} (the key's job, same request)
+# | {3, job id} (the key's job, another request). A key whose job expired is taken over by the new job.
 SUBMIT_LUA = _HELPERS + """
+local fingerprint = ARGV[7]
+if fingerprint ~= '' then
+  local f = redis.call('HMGET', KEYS[4], 'job', 'fingerprint')
+  if f[1] and redis.call('EXISTS', 'job:' .. f[1]) == 1 then
+    if f[2] == fingerprint then return {2, f[1]} end
+    return {3, f[1]}
+  end
+end
 local queued = tonumber(redis.call('HGET', KEYS[3], 'queued') or '0')
 if queued >= tonumber(ARGV[6]) then return {0, tostring(queued)} end
 local created_at = now()
@@ -64,6 +77,12 @@ local entry = redis.call('XADD', KEYS[2], '*', 'job', ARGV[1])
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'op', ARGV[2], 'params', ARGV[3], 'owner', ARGV[4],
   'status', 'queued', 'created_at', created_at, 'attempts', 0, 'image_count', 0,
   'expected_images', ARGV[5], 'warnings', '[]', 'entry', entry, 'version', 0)
+if fingerprint ~= '' then
+  -- no TTL while the job lives: terminate() gives the key the job's own
+  redis.call('DEL', KEYS[4])
+  redis.call('HSET', KEYS[4], 'job', ARGV[1], 'fingerprint', fingerprint)
+  redis.call('HSET', KEYS[1], 'idempotency', KEYS[4])
+end
 redis.call('HINCRBY', KEYS[3], 'queued', 1)
 return {1, created_at}
 """

@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from service.gateway import images
 from service.gateway.auth import Owner
-from service.gateway.deps import AppSettings, BaseUrl, Store
+from service.gateway.deps import AppSettings, BaseUrl, IdempotencyKey, Store
 from service.gateway.errors import ApiError
 from service.gateway.routes.submission import job_view, owned_job, submit_body
 from service.gateway.schemas import JOB_REQUEST_EXAMPLES, ErrorDetail, JobOut, JobRequest
@@ -50,10 +50,12 @@ async def submit_job(
     settings: AppSettings,
     base_url: BaseUrl,
     response: Response,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobOut:
     """Queue one of five operations, told apart by `op`. Images travel as base64 PNG/JPEG. Answers at
-    once with the queued job and a `Location` header; poll it, or stream `/events`."""
-    job = await submit_body(store, body, owner, settings)
+    once with the queued job and a `Location` header; poll it, or stream `/events`. With an
+    `Idempotency-Key`, a retry of the same request answers the job the first one made."""
+    job = await submit_body(store, body, owner, settings, idempotency_key)
     view = job_view(job, base_url)
     response.headers["Location"] = view.url
     return view

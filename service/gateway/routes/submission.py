@@ -25,7 +25,7 @@ from service.gateway.schemas import (
     expected_images,
     limit_errors,
 )
-from service.gateway.store import Backlogged, Job, JobStore
+from service.gateway.store import Backlogged, IdempotencyConflict, Job, JobStore
 from service.jobs.codec import png_base64
 from service.settings import Settings
 
@@ -52,10 +52,18 @@ def job_params(body: BaseModel, settings: Settings) -> dict[str, Any]:
     return params
 
 
-async def submit(store: JobStore, op: str, params: dict[str, Any], owner: str, expected: int) -> Job:
-    """Queues a job; 429 with Retry-After when the backlog is full."""
+async def submit(
+    store: JobStore,
+    op: str,
+    params: dict[str, Any],
+    owner: str,
+    expected: int,
+    idempotency: str | None = None,
+) -> Job:
+    """Queues a job (or finds the one `idempotency` names); 429 with Retry-After when the backlog is full,
+    422 when the key was used with another request."""
     try:
-        job = await store.submit(op, params, owner, expected)
+        job = await store.submit(op, params, owner, expected, idempotency)
     except Backlogged as full:
         retry_after = max(1, int(full.retry_after))
         raise ApiError(
@@ -64,12 +72,22 @@ async def submit(store: JobStore, op: str, params: dict[str, Any], owner: str, e
             code="queue_full",
             headers={"Retry-After": str(retry_after)},
         ) from None
+    except IdempotencyConflict as conflict:
+        raise ApiError(
+            422,
+            f"this Idempotency-Key was used for job {conflict.job_id} with a different request; send the "
+            "same request again, or use a new key for a new job",
+            code="idempotency_key_reused",
+        ) from None
     log.info("job submitted", extra={"job_id": job.id, "op": op, "expected_images": expected})
     return job
 
 
-async def submit_body(store: JobStore, body: BaseModel, owner: str, settings: Settings) -> Job:
-    return await submit(store, body.op, job_params(body, settings), owner, expected_images(body))
+async def submit_body(
+    store: JobStore, body: BaseModel, owner: str, settings: Settings, idempotency: str | None = None
+) -> Job:
+    params = await images.off_loop(job_params, body, settings)  # decodes and re-encodes the images
+    return await submit(store, body.op, params, owner, expected_images(body), idempotency)
 
 
 async def owned_job(store: JobStore, job_id: str, owner: str) -> Job:
