@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.contract import (
     DEFAULT_FRAMES,
@@ -26,9 +26,21 @@ from service.jobs.states import JobStatus
 from service.settings import Settings
 
 Size = Literal[SIZES]
-SEED_MAX = 2**63 - 1
+SEED_MAX = 2**53 - 1  # the largest integer every JSON client (and schema validator) keeps exact
 IMAGE_FIELDS = ("image", "image_a", "image_b", "mask")
 
+INTEGER_FIELDS = ("seed", "n", "frames", "prior_steps", "decoder_steps")
+
+
+def integral_floats_as_ints(data: Any) -> Any:
+    """2.0 → 2 in the integer fields: JSON (and JSON Schema's `integer`) does not tell 2.0 from 2. Strict
+    validation then refuses every other non-integer (true, "2", 2.5)."""
+    if not isinstance(data, dict):
+        return data
+    return {
+        name: int(value) if name in INTEGER_FIELDS and isinstance(value, float) and value.is_integer() else value
+        for name, value in data.items()
+    }
 Base64Image = Annotated[
     str,
     Field(
@@ -44,7 +56,9 @@ FrameCount = Annotated[int, Field(ge=2, description="Frames from start to end (a
 class SamplingParams(BaseModel):
     """Fields every job body shares: output size, seed and optional sampler overrides (null = default)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # strict: a JSON false is no 0 and "2" no 2 (an integer still passes for a float)
+    model_config = ConfigDict(extra="forbid", strict=True)
+    _integral = model_validator(mode="before")(integral_floats_as_ints)
 
     size: Size = Field(1024, description="Output side in pixels; the stack stops at 64, 256 or 1024.")
     seed: int | None = Field(
@@ -183,7 +197,8 @@ def limit_errors(body: BaseModel, settings: Settings) -> list[dict[str, Any]]:
     return errors
 
 
-EXAMPLE_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
+EXAMPLE_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"  # 1x1 red
+EXAMPLE_MASK = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGP4DwABAQEAsTj2FAAAAABJRU5ErkJggg=="  # 1x1 white
 JOB_REQUEST_EXAMPLES: dict[str, dict[str, Any]] = {
     "generate": {
         "summary": "Text to images",
@@ -209,7 +224,7 @@ JOB_REQUEST_EXAMPLES: dict[str, dict[str, Any]] = {
     },
     "inpaint": {
         "summary": "Repaint the white area of a mask",
-        "value": {"op": "inpaint", "image": EXAMPLE_PNG, "mask": EXAMPLE_PNG, "prompt": "a blue square"},
+        "value": {"op": "inpaint", "image": EXAMPLE_PNG, "mask": EXAMPLE_MASK, "prompt": "a blue square"},
     },
 }
 
@@ -285,6 +300,7 @@ class OpenAIGenerationRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="ignore",
+        strict=True,
         json_schema_extra={
             "examples": [
                 {
@@ -296,6 +312,8 @@ class OpenAIGenerationRequest(BaseModel):
             ]
         },
     )
+
+    _integral = model_validator(mode="before")(integral_floats_as_ints)
 
     prompt: Prompt
     n: ImageCount = 1

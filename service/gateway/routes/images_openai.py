@@ -21,7 +21,6 @@ from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.exceptions import RequestValidationError
 from PIL import Image
 from pydantic import BaseModel, ValidationError
-from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from service.gateway import images
 from service.gateway.auth import Owner
@@ -50,7 +49,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": OpenAIError, "description": "Missing or unknown API key."},
     413: {"model": OpenAIError, "description": "Request body over UNCLIP_MAX_BODY_BYTES."},
     429: {"model": OpenAIError, "description": "The queue is full; see the Retry-After header."},
-    500: {"model": OpenAIError, "description": "The job failed."},
+    409: {"model": OpenAIError, "description": "The job was cancelled (x-should-retry: false)."},
+    500: {"model": OpenAIError, "description": "The job failed (x-should-retry: false)."},
+    503: {
+        "model": OpenAIError,
+        "description": "Redis was unreachable for longer than the wait. With x-should-retry: false, a job "
+        "may exist (the message names it when known): poll it, or resend with an Idempotency-Key.",
+    },
     504: {"model": OpenAIError, "description": "The job did not finish within UNCLIP_SYNC_TIMEOUT_SECONDS."},
     # Also keeps FastAPI from documenting its 422: validation errors are 400 here, as in OpenAI's API.
     "default": {"model": OpenAIError, "description": "Any other error, in the same shape."},
@@ -102,7 +107,8 @@ async def edit_image(
     store: Store,
     settings: AppSettings,
     base_url: BaseUrl,
-    mask: Annotated[UploadFile | None, File(description="Alpha-0 pixels mark the area to repaint.")] = None,
+    # Not `UploadFile | None`: the spec would then offer a JSON null, which a multipart form cannot carry.
+    mask: Annotated[UploadFile, File(description="Alpha-0 pixels mark the area to repaint.")] = None,  # type: ignore[assignment]
     n: ImageCountForm = 1,
     size: SizeForm = "1024x1024",
     response_format: FormatForm = "url",
@@ -188,15 +194,7 @@ def validated(model: type[BaseModel], **fields: Any) -> BaseModel:
         raise RequestValidationError(error.errors()) from None
 
 
-async def uploaded_bytes(upload: Any, field: str) -> bytes:
-    """The bytes of a multipart file field; a 400 naming the field when it came as a text field."""
-    if not isinstance(upload, StarletteUploadFile):
-        raise ApiError(
-            400,
-            f"{field} must be sent as a file (multipart part with a filename), not as a text field",
-            param=field,
-            code="invalid_value",
-        )
+async def uploaded_bytes(upload: UploadFile, field: str) -> bytes:
     return await upload.read()
 
 

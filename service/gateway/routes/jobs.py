@@ -20,9 +20,12 @@ from service.jobs.states import TERMINAL
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 JobId = Annotated[str, Path(description="The id from the job's `id` field.", max_length=128)]
+UNAVAILABLE = {503: {"model": ErrorDetail, "description": "Redis is unreachable; retry (see Retry-After)."}}
 ERRORS = {
     401: {"model": ErrorDetail, "description": "Missing or unknown API key."},
     404: {"model": ErrorDetail, "description": "No such job for this API key."},
+    422: {"model": ErrorDetail, "description": "A path or query parameter out of range."},
+    **UNAVAILABLE,
 }
 SSE_EXAMPLE = (
     'event: progress\ndata: {"id": "…", "status": "running", "progress": {"stage": "decoder", "step": 3, '
@@ -37,10 +40,18 @@ SSE_EXAMPLE = (
     response_model=JobOut,
     summary="Submit a job",
     responses={
-        **ERRORS,
+        401: ERRORS[401],
         413: {"model": ErrorDetail, "description": "Request body over UNCLIP_MAX_BODY_BYTES."},
-        422: {"model": ErrorDetail, "description": "A field out of range, or an image that cannot be used."},
+        422: {
+            "model": ErrorDetail,
+            "description": "A body that is not a JSON object, a field out of range, an image that cannot be "
+            "used, or an Idempotency-Key already used with another request.",
+        },
         429: {"model": ErrorDetail, "description": "The queue is full; see the Retry-After header."},
+        503: {
+            "model": ErrorDetail,
+            "description": "Redis is unreachable; retry with the same Idempotency-Key to be sure of one job.",
+        },
     },
 )
 async def submit_job(
