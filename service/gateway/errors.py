@@ -89,6 +89,8 @@ def clarified(error: Mapping[str, Any]) -> dict[str, Any]:
         reason = (error.get("ctx") or {}).get("error", "")
         error["loc"] = ("body",)
         error["msg"] = f"the body is not valid JSON{f' ({reason})' if reason else ''}; send a JSON object"
+    elif kind == "missing" and tuple(error.get("loc", ())) == ("body",):
+        error["msg"] = "the body is empty; send a JSON object"
     elif kind == "model_attributes_type" and tuple(error.get("loc", ())) == ("body",):
         error["msg"] = "the body must be a JSON object (Content-Type: application/json)"
     elif "Expected UploadFile" in msg:

@@ -37,10 +37,12 @@ def integral_floats_as_ints(data: Any) -> Any:
     validation then refuses every other non-integer (true, "2", 2.5)."""
     if not isinstance(data, dict):
         return data
-    return {
-        name: int(value) if name in INTEGER_FIELDS and isinstance(value, float) and value.is_integer() else value
-        for name, value in data.items()
-    }
+
+    def integral(name: str, value: Any) -> Any:
+        whole = name in INTEGER_FIELDS and isinstance(value, float) and value.is_integer()
+        return int(value) if whole else value
+
+    return {name: integral(name, value) for name, value in data.items()}
 Base64Image = Annotated[
     str,
     Field(
@@ -197,8 +199,9 @@ def limit_errors(body: BaseModel, settings: Settings) -> list[dict[str, Any]]:
     return errors
 
 
-EXAMPLE_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"  # 1x1 red
-EXAMPLE_MASK = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGP4DwABAQEAsTj2FAAAAABJRU5ErkJggg=="  # 1x1 white
+# 1x1 red, and a 1x1 white mask (all of it repainted)
+EXAMPLE_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
+EXAMPLE_MASK = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGP4DwABAQEAsTj2FAAAAABJRU5ErkJggg=="
 JOB_REQUEST_EXAMPLES: dict[str, dict[str, Any]] = {
     "generate": {
         "summary": "Text to images",
