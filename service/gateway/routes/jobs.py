@@ -102,7 +102,7 @@ async def get_image(
     if png is None:
         raise missing_image(job, index)
     if size is not None:
-        png = images.downscale(png, size, field="size")
+        png = await images.off_loop(images.downscale, png, size, field="size")
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
 
 
