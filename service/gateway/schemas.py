@@ -288,6 +288,14 @@ class JobOut(BaseModel):
     events_url: str
 
 
+class JobListOut(BaseModel):
+    """A page of the caller's jobs, newest first."""
+
+    data: list[JobOut]
+    has_more: bool = Field(description="More (older) jobs follow; ask again with `after=next_after`.")
+    next_after: str | None = Field(description="The last job's id on this page (null when it is empty).")
+
+
 class ErrorDetail(BaseModel):
     detail: str | list[dict[str, Any]]
 

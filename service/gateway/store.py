@@ -22,6 +22,7 @@ from service.jobs.layout import (
     events_channel,
     idempotency_key,
     job_key,
+    owner_jobs_key,
     result_key,
     text,
 )
@@ -129,7 +130,8 @@ class JobStore:
         job_id = uuid.uuid4().hex
         stream = self.settings.stream
         outcome, value = await self._submit(
-            keys=[job_key(job_id), stream, counts_key(stream), idempotency_key(owner, idempotency or "")],
+            keys=[job_key(job_id), stream, counts_key(stream), idempotency_key(owner, idempotency or ""),
+                  owner_jobs_key(owner)],
             args=[job_id, op, json.dumps(params), owner, expected_images, self.settings.backlog_limit,
                   fingerprint],
         )
@@ -146,6 +148,34 @@ class JobStore:
         return Job(id=job_id, op=op, status="queued", params=params, owner=owner, created_at=float(value),
                    started_at=None, finished_at=None, progress=None, attempts=0, error=None, image_count=0,
                    expected_images=expected_images, warnings=[])
+
+    async def list(self, owner: str, limit: int, after: str | None = None) -> tuple[list[Job], bool]:
+        """The owner's jobs newest first, from just after job `after` (None: from the newest), at most
+        `limit`, and whether more follow. Raises JobNotFound when `after` is not in the owner's list.
+        Ids whose job expired are dropped from the list on the way."""
+        index = owner_jobs_key(owner)
+        start = 0
+        if after is not None:
+            rank = await self.redis.zrevrank(index, after)
+            if rank is None:
+                raise JobNotFound(after)
+            start = rank + 1
+        jobs: list[Job] = []
+        while len(jobs) <= limit:
+            ids = [text(i) for i in await self.redis.zrevrange(index, start, start + limit - len(jobs))]
+            if not ids:
+                break
+            start += len(ids)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.hgetall(job_key(job_id))
+                states = [decode_hash(raw) for raw in await pipe.execute()]
+            expired = [job_id for job_id, state in zip(ids, states, strict=True) if "status" not in state]
+            if expired:
+                await self.redis.zrem(index, *expired)
+                start -= len(expired)
+            jobs += [job_from_state(s, json.loads(s["params"])) for s in states if "status" in s]
+        return jobs[:limit], len(jobs) > limit
 
     async def get(self, job_id: str, owner: str) -> Job | None:
         """The job, or None when it is missing, expired or another owner's."""

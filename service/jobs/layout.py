@@ -12,6 +12,8 @@ Layout (DESIGN §4):
   checks, inside the same script that enqueues, so concurrent submitters cannot overshoot the limit.
 - `{stream}:dead` — a copy of every failed job (id, op, owner, attempts, error).
 - `result:{id}:{i}` — PNG bytes, same TTL.
+- `owner:{owner}:jobs` — sorted set job id → created_at, the owner's jobs for listing; written by the submit
+  script, capped at OWNER_JOBS_MAX (oldest dropped); ids whose hash expired are dropped when listed.
 - `idempotency:{owner}:{sha256(key)}` — hash {job, fingerprint (sha256 of the canonical request)}, written
   by the submit script with the job (so one key makes one job) and expiring with it; the job's hash names
   it in its `idempotency` field.
@@ -30,6 +32,7 @@ from collections.abc import Mapping
 
 GROUP = "workers"  # the stream's consumer group
 DEAD_LETTER_MAXLEN = 10_000
+OWNER_JOBS_MAX = 10_000  # newest jobs an owner's listing keeps
 
 
 def job_key(job_id: str) -> str:
@@ -42,6 +45,10 @@ def events_channel(job_id: str) -> str:
 
 def result_key(job_id: str, index: int) -> str:
     return f"result:{job_id}:{index}"
+
+
+def owner_jobs_key(owner: str) -> str:
+    return f"owner:{owner}:jobs"
 
 
 def idempotency_key(owner: str, key: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from service.jobs.layout import DEAD_LETTER_MAXLEN
+from service.jobs.layout import DEAD_LETTER_MAXLEN, OWNER_JOBS_MAX
 from service.jobs.states import TRANSITIONS
 
 _ALLOWED_JSON = json.dumps({status: {to: True for to in moves} for status, moves in TRANSITIONS.items()})
@@ -57,7 +57,7 @@ local function terminate(key, counts, from, to, ttl)
 end
 """.replace("ALLOWED_JSON", _ALLOWED_JSON)
 
-# KEYS: job, stream, counts, idempotency key (see layout.idempotency_key).
+# KEYS: job, stream, counts, idempotency key, owner's jobs (see layout).
 # ARGV: id, op, params, owner, expected_images, backlog_limit, request fingerprint ('' = no idempotency key).
 # Returns {1, created_at} (queued) | {0, queued} (backlog full) | {2, job id} (the key's job, same request)
 # | {3, job id} (the key's job, another request). A key whose job expired is taken over by the new job.
@@ -83,9 +83,11 @@ if fingerprint ~= '' then
   redis.call('HSET', KEYS[4], 'job', ARGV[1], 'fingerprint', fingerprint)
   redis.call('HSET', KEYS[1], 'idempotency', KEYS[4])
 end
+redis.call('ZADD', KEYS[5], created_at, ARGV[1])
+redis.call('ZREMRANGEBYRANK', KEYS[5], 0, -OWNER_JOBS_MAX - 1)
 redis.call('HINCRBY', KEYS[3], 'queued', 1)
 return {1, created_at}
-"""
+""".replace("OWNER_JOBS_MAX", str(OWNER_JOBS_MAX))
 
 # KEYS: job, counts, stream. ARGV: owner, ttl. Returns the status the job has afterwards, or 'missing'.
 # Queued → cancelled at once (its stream entry deleted); running → flagged for the worker.

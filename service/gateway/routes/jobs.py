@@ -13,8 +13,8 @@ from service.gateway.auth import Owner
 from service.gateway.deps import AppSettings, BaseUrl, IdempotencyKey, Store
 from service.gateway.errors import ApiError
 from service.gateway.routes.submission import job_view, owned_job, submit_body
-from service.gateway.schemas import JOB_REQUEST_EXAMPLES, ErrorDetail, JobOut, JobRequest
-from service.gateway.store import Job
+from service.gateway.schemas import JOB_REQUEST_EXAMPLES, ErrorDetail, JobListOut, JobOut, JobRequest
+from service.gateway.store import Job, JobNotFound
 from service.jobs.states import TERMINAL
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -70,6 +70,43 @@ async def submit_job(
     view = job_view(job, base_url)
     response.headers["Location"] = view.url
     return view
+
+
+@router.get(
+    "",
+    response_model=JobListOut,
+    summary="List your jobs",
+    responses={
+        401: ERRORS[401],
+        422: {"model": ErrorDetail, "description": "`limit` out of range, or an `after` not in your list."},
+        **UNAVAILABLE,
+    },
+)
+async def list_jobs(
+    owner: Owner,
+    store: Store,
+    base_url: BaseUrl,
+    limit: Annotated[int, Query(ge=1, le=100, description="Jobs per page.")] = 20,
+    after: Annotated[
+        str | None, Query(max_length=128, description="`next_after` of the previous page: the jobs after it.")
+    ] = None,
+) -> JobListOut:
+    """The jobs of your API key, newest first, until they expire (UNCLIP_RESULT_TTL_SECONDS after they
+    end). Other keys' jobs never show."""
+    try:
+        jobs, has_more = await store.list(owner, limit, after)
+    except JobNotFound:
+        raise ApiError(
+            422,
+            f"after: no job {after!r} in your list (it may have expired); start again without `after`",
+            param="after",
+            code="unknown_cursor",
+        ) from None
+    return JobListOut(
+        data=[job_view(job, base_url) for job in jobs],
+        has_more=has_more,
+        next_after=jobs[-1].id if jobs else None,
+    )
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="Get a job", responses=ERRORS)
