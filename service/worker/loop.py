@@ -3,11 +3,12 @@
     while not stop: claims = queue.claim(); batch, rest = first_batch(claims); release(rest); run(batch)
 
 A lease thread renews every entry the worker holds, so a long batch is not taken over; a worker that dies
-stops renewing and its jobs go to another worker after `lease_seconds`. A failed batch leaves its jobs
-running with the error noted and releases their entries for a retry (retries run alone), until the job's
-`max_attempts`-th attempt fails it for good (FINISH puts it on the dead-letter stream). Progress goes to
-Redis every step; a job whose cancel was asked is dropped from its batch, and a batch whose jobs all
-were cancelled stops at its next step. `stop` (SIGTERM) ends the loop after the current batch.
+stops renewing and its jobs go to another worker after `lease_seconds`, where they batch again. A failed
+batch leaves its jobs running with the error noted and releases their entries for a retry (a job whose
+attempt raised runs alone), until the job's `max_attempts`-th attempt fails it for good (FINISH puts it
+on the dead-letter stream). Progress goes to Redis every step; a job whose cancel was asked is dropped
+from its batch, and a batch whose jobs all were cancelled stops at its next step. `stop` (SIGTERM) ends
+the loop after the current batch.
 """
 
 from __future__ import annotations
@@ -94,7 +95,9 @@ class Worker:
                 except JobInputError as error:
                     self._end(job, "failed", error=str(error))
                     continue
-                candidates.append(Candidate(job, key, image_count(job.op, job.params), solo=job.attempts > 0))
+                # a job whose attempt raised runs alone; one taken over from a dead worker batches again
+                images = image_count(job.op, job.params)
+                candidates.append(Candidate(job, key, images, solo=job.failed_before))
             batch, rest = first_batch(candidates, self.settings.max_batch_size)
             self._release([job.claim.entry for job in rest])
             return self.run_batch(batch)

@@ -45,6 +45,7 @@ class QueuedJob:
     params: dict[str, Any]
     status: str
     attempts: int  # attempts made so far; > 0 means this delivery is a retry or a takeover
+    failed_before: bool = False  # its last attempt raised (a retry), rather than lost its worker (a takeover)
 
     @property
     def id(self) -> str:
@@ -127,13 +128,14 @@ class WorkerQueue:
         """The job behind a claim; None when it is gone (deleted entry, expired hash)."""
         if claim.job_id is None:
             return None
-        names = ("op", "params", "status", "attempts")
+        names = ("op", "params", "status", "attempts", "error")
         values = self.redis.hmget(job_key(claim.job_id), *names)
         fields = {name: text(value) for name, value in zip(names, values, strict=True) if value is not None}
         if not fields.get("status") or not fields.get("params"):
             return None
         return QueuedJob(claim=claim, op=fields["op"], params=json.loads(fields["params"]),
-                         status=fields["status"], attempts=int(fields.get("attempts") or 0))
+                         status=fields["status"], attempts=int(fields.get("attempts") or 0),
+                         failed_before=fields["status"] == "running" and bool(fields.get("error")))
 
     def start(self, job_id: str) -> tuple[StartOutcome, str]:
         """queued/running → running (attempts + 1). Returns ("run", attempts), ("skip", status),
