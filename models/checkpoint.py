@@ -1,7 +1,8 @@
 """Checkpoint folders (DESIGN §3): `unclip.json`, one safetensors file per component, tokenizer files.
 
 ```
-unclip.json          UnCLIPConfig.to_dict() plus {"format": 1}
+unclip.json          UnCLIPConfig.to_dict() plus {"format": 1} and the summary models.capabilities reads
+                     without torch: "parts", "parameters" (per file), "imported_from" (imports only)
 clip.safetensors  prior.safetensors  decoder.safetensors  sr256.safetensors  [sr1024.safetensors]
 [sr256_last.safetensors]   when the config has sr256_last (Karlo's super_res_last)
 vocab.json  merges.txt
@@ -27,6 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from models.capabilities import SHIPPED_FOLDER, config_parts
 from models.clip import CLIP
 from models.config import UnCLIPConfig, named_config
 from models.prior import DiffusionPrior
@@ -36,7 +38,8 @@ from models.unet import DecoderUNet, SuperResUNet
 CONFIG_FILE = "unclip.json"
 FORMAT_VERSION = 1
 COMPONENTS = ("clip", "prior", "decoder", "sr256", "sr1024", "sr256_last")
-DEFAULT_FOLDER = Path(__file__).parent / "weights" / "default"
+DEFAULT_FOLDER = SHIPPED_FOLDER
+SUMMARY_FIELDS = ("parts", "parameters", "imported_from")  # derived from the config and weights
 
 # The words of the shapes world (SHAPES.md) and a few common ones: each becomes a single token.
 DEFAULT_WORDS = (
@@ -84,10 +87,22 @@ def build_models(config: UnCLIPConfig, tokenizer: Tokenizer) -> UnCLIPModels:
     )
 
 
-def save_checkpoint(models: UnCLIPModels, folder: str | Path) -> None:
+def save_checkpoint(models: UnCLIPModels, folder: str | Path, imported_from: str | None = None) -> None:
+    """Write `models` to `folder`; `imported_from` names the published format of an import ("karlo")."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    document = {"format": FORMAT_VERSION, **models.config.to_dict()}
+    config = models.config.to_dict()
+    document = {
+        "format": FORMAT_VERSION,
+        **config,
+        "parts": config_parts(config),
+        "parameters": {
+            name: sum(tensor.numel() for tensor in module.state_dict().values())
+            for name, module in models.components().items()
+        },
+    }
+    if imported_from is not None:
+        document["imported_from"] = imported_from
     (folder / CONFIG_FILE).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     for name, module in models.components().items():
         tensors = {key: value.detach().cpu().contiguous() for key, value in module.state_dict().items()}
@@ -103,6 +118,8 @@ def read_config(folder: str | Path) -> UnCLIPConfig:
         document = json.loads(path.read_text(encoding="utf-8"))
         if document.pop("format", None) != FORMAT_VERSION:
             raise ValueError(f"expected format {FORMAT_VERSION}")
+        for name in SUMMARY_FIELDS:
+            document.pop(name, None)
         return UnCLIPConfig.from_dict(document)
     except (ValueError, TypeError) as error:
         raise CheckpointError(f"{path}: {error}") from error

@@ -15,12 +15,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.attention import attention
-from models.config import CLIPConfig
+from models.capabilities import NO_IMAGE_ENCODER
+from models.config import CLIP_MEAN, CLIP_STD, CLIPConfig
 from models.nn import LayerNorm
 
-# The RGB statistics CLIP was trained with, on images in [0, 1].
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+__all__ = ["CLIP", "CLIP_MEAN", "CLIP_STD", "NoImageEncoderError", "TextEncoding"]
+
+
+class NoImageEncoderError(ValueError):
+    """An image was given to a CLIP imported without its vision tower."""
 
 
 class TextEncoding(NamedTuple):
@@ -56,23 +59,23 @@ class MultiheadAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, width: int, activation: str) -> None:
+    def __init__(self, width: int, hidden: int, activation: str) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(width, 4 * width)
+        self.c_fc = nn.Linear(width, hidden)
         self.gelu = QuickGELU() if activation == "quick_gelu" else nn.GELU()
-        self.c_proj = nn.Linear(4 * width, width)
+        self.c_proj = nn.Linear(hidden, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.c_proj(self.gelu(self.c_fc(x)))
 
 
 class ResidualAttentionBlock(nn.Module):
-    def __init__(self, width: int, heads: int, activation: str, eps: float) -> None:
+    def __init__(self, width: int, heads: int, mlp_width: int, activation: str, eps: float) -> None:
         super().__init__()
         self.ln_1 = LayerNorm(width, eps=eps)
         self.attn = MultiheadAttention(width, heads)
         self.ln_2 = LayerNorm(width, eps=eps)
-        self.mlp = MLP(width, activation)
+        self.mlp = MLP(width, mlp_width, activation)
 
     def forward(
         self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None, causal: bool = False
@@ -82,10 +85,12 @@ class ResidualAttentionBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, width: int, layers: int, heads: int, activation: str, eps: float = 1e-5) -> None:
+    def __init__(
+        self, width: int, layers: int, heads: int, mlp_width: int, activation: str, eps: float = 1e-5
+    ) -> None:
         super().__init__()
         self.resblocks = nn.ModuleList(
-            ResidualAttentionBlock(width, heads, activation, eps) for _ in range(layers)
+            ResidualAttentionBlock(width, heads, mlp_width, activation, eps) for _ in range(layers)
         )
 
     def forward(
@@ -106,7 +111,12 @@ class VisionTransformer(nn.Module):
         self.positional_embedding = nn.Parameter(scale * torch.randn(grid * grid + 1, width))
         self.ln_pre = LayerNorm(width, eps=config.layer_norm_eps)
         self.transformer = Transformer(
-            width, config.vision_layers, config.vision_heads, config.activation, config.layer_norm_eps
+            width,
+            config.vision_layers,
+            config.vision_heads,
+            config.vision_mlp,
+            config.activation,
+            config.layer_norm_eps,
         )
         self.ln_post = LayerNorm(width, eps=config.layer_norm_eps)
         self.proj = nn.Parameter(scale * torch.randn(width, config.embed_dim))
@@ -130,11 +140,16 @@ class CLIP(nn.Module):
         self.token_embedding = nn.Embedding(config.vocab_size, width)
         self.positional_embedding = nn.Parameter(torch.empty(config.context_length, width))
         self.transformer = Transformer(
-            width, config.text_layers, config.text_heads, config.activation, config.layer_norm_eps
+            width,
+            config.text_layers,
+            config.text_heads,
+            config.text_mlp,
+            config.activation,
+            config.layer_norm_eps,
         )
         self.ln_final = LayerNorm(width, eps=config.layer_norm_eps)
         self.text_projection = nn.Parameter(torch.empty(width, config.embed_dim))
-        self.visual = VisionTransformer(config)
+        self.visual = VisionTransformer(config) if config.image_encoder else None
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # for contrastive training
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.positional_embedding, std=0.01)
@@ -160,7 +175,10 @@ class CLIP(nn.Module):
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """images `[B, 3, H, W]` in [-1, 1] → L2-normalised embeddings `[B, E]` (raw projections when
-        the config sets normalize_image_embeds False)."""
+        the config sets normalize_image_embeds False). The picture's resize and crop are the caller's
+        (`models.pipeline.images.clip_pixels`); a tensor of another size is resized here, uncropped."""
+        if self.visual is None:
+            raise NoImageEncoderError(NO_IMAGE_ENCODER)
         pixels = images.float()
         if pixels.shape[-2:] != (self.image_size, self.image_size):
             pixels = F.interpolate(
@@ -170,8 +188,8 @@ class CLIP(nn.Module):
                 antialias=True,
                 align_corners=False,
             )
-        mean = torch.tensor(CLIP_MEAN, device=pixels.device)[:, None, None]
-        std = torch.tensor(CLIP_STD, device=pixels.device)[:, None, None]
+        mean = torch.tensor(self.config.image_mean, device=pixels.device)[:, None, None]
+        std = torch.tensor(self.config.image_std, device=pixels.device)[:, None, None]
         pixels = ((pixels + 1) / 2 - mean) / std
         features = self.visual(pixels.to(self.dtype))
         if not self.config.normalize_image_embeds:

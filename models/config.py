@@ -19,6 +19,10 @@ ACTIVATIONS = ("quick_gelu", "gelu")
 TEXT_EMBED_SOURCES = ("embeds", "eot_state")
 UPSAMPLE_MODES = ("bilinear", "bicubic")
 UNET_KINDS = ("decoder", "sr")
+RESAMPLE_FILTERS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+# The RGB statistics OpenAI's CLIP was trained with, on images in [0, 1].
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class _JSONConfig:
@@ -79,6 +83,21 @@ class CLIPConfig(_JSONConfig):
     # False: encode_image returns the raw projection, not a unit vector (Karlo's prior and decoder were
     # trained on raw ViT-L/14 image embeddings); whoever needs a direction normalises it.
     normalize_image_embeds: bool = True
+    # Hidden width of each tower's MLP; None: 4 x the tower's width (OpenAI's CLIPs). OpenCLIP ViT-bigG/14:
+    # width 1664, MLP 8192.
+    text_mlp_width: int | None = None
+    vision_mlp_width: int | None = None
+    # False: the text tower only (Karlo's text-to-image repository publishes no image encoder); the vision_*
+    # and image_* fields then describe nothing, and the operations that encode images are refused.
+    image_encoder: bool = True
+    # How a picture becomes the vision tower's input (CLIPImageProcessor's preprocessor_config.json when
+    # imported): its shorter side resized to `image_resize` with `image_resample`, then centre-cropped to
+    # image_size; None: the whole picture squashed to image_size² (no crop). Then (x - mean) / std per
+    # channel on [0, 1] values.
+    image_resize: int | None = None
+    image_resample: str = "bicubic"
+    image_mean: tuple[float, ...] = CLIP_MEAN
+    image_std: tuple[float, ...] = CLIP_STD
 
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATIONS:
@@ -87,6 +106,26 @@ class CLIPConfig(_JSONConfig):
             raise ValueError(
                 f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
             )
+        for tower, width, heads in (
+            ("text", self.text_width, self.text_heads),
+            ("vision", self.vision_width, self.vision_heads),
+        ):
+            if width % heads:
+                raise ValueError(f"{tower} width {width} is not divisible by its {heads} heads")
+        if self.image_resample not in RESAMPLE_FILTERS:
+            raise ValueError(f"image_resample must be one of {RESAMPLE_FILTERS}, got {self.image_resample!r}")
+        if self.image_resize is not None and self.image_resize < self.image_size:
+            raise ValueError(f"image_resize {self.image_resize} is below image_size {self.image_size}")
+        if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
+            raise ValueError("image_mean and image_std need three values, std above 0")
+
+    @property
+    def text_mlp(self) -> int:
+        return self.text_mlp_width or 4 * self.text_width
+
+    @property
+    def vision_mlp(self) -> int:
+        return self.vision_mlp_width or 4 * self.vision_width
 
 
 @dataclass

@@ -36,7 +36,7 @@ class DiffusionPrior(nn.Module):
         self.null_text_states = nn.Parameter(torch.randn(length, width) * width**-0.5)
         self.null_text_embed = nn.Parameter(torch.randn(width) * width**-0.5)
         self.positional_embedding = nn.Parameter(torch.randn(length + self.extra_tokens, width) * 0.01)
-        self.transformer = Transformer(width, config.layers, config.heads, activation="gelu")
+        self.transformer = Transformer(width, config.layers, config.heads, 4 * width, activation="gelu")
         self.ln_final = LayerNorm(width)
         self.out_proj = nn.Linear(width, config.embed_dim)
         if config.latent_stats:

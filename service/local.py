@@ -16,9 +16,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from models.attention import set_default_backend
-from models.checkpoint import CheckpointError, init_checkpoint
+from models.capabilities import CONFIG_FILE, read_capabilities
+from models.checkpoint import CheckpointError, default_checkpoint, init_checkpoint
 from models.contract import Progress, Sampling, repaint_mask
 from models.pipeline import UnCLIPPipeline
+from service.cli import COMMAND_OPS
 from service.settings import get_settings
 
 USAGE_ERROR = 2
@@ -66,12 +68,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def load_pipeline(args: argparse.Namespace) -> UnCLIPPipeline:
-    """Flags first, then the UNCLIP_* settings."""
+    """Flags first, then the UNCLIP_* settings. An operation the checkpoint cannot run is refused
+    (UnsupportedOperation) from its unclip.json, before any weight is read."""
     settings = get_settings()
     set_default_backend(settings.attention_backend)
-    return UnCLIPPipeline.from_checkpoint(
-        args.checkpoint or settings.checkpoint, device=args.device or settings.device, dtype=settings.dtype
-    )
+    folder = Path(args.checkpoint or settings.checkpoint or default_checkpoint())
+    if (folder / CONFIG_FILE).is_file():  # else load_checkpoint names the missing file
+        read_capabilities(folder).check(COMMAND_OPS[args.command])
+    return UnCLIPPipeline.from_checkpoint(folder, device=args.device or settings.device, dtype=settings.dtype)
 
 
 def sampling_of(pipeline: UnCLIPPipeline, args: argparse.Namespace) -> Sampling:

@@ -10,6 +10,8 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.webhooks.signature import parse_secret
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="UNCLIP_", extra="ignore")
@@ -57,15 +59,35 @@ class Settings(BaseSettings):
         9100, description="Prometheus port of `unclip worker`; unset = off."
     )
 
+    # Webhooks (service.webhooks).
+    webhook_secret: str | None = Field(
+        None, description="whsec_<base64> key that signs deliveries; unset = jobs with a webhook get 422."
+    )
+    webhook_allow_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated hosts a webhook may reach though private or loopback (local dev).",
+    )
+    webhook_timeout_seconds: float = Field(15.0, description="One delivery attempt is cut after this long.")
+    webhook_max_attempts: int = Field(10, description="Attempts before a delivery is given up (dead).")
+    webhook_backoff_seconds: float = Field(5.0, description="Wait after the first failed attempt; doubles.")
+    webhook_backoff_max_seconds: float = Field(3600.0, description="Longest wait between two attempts.")
+
     log_level: str = "info"
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "webhook_allow_hosts", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         # `UNCLIP_API_KEYS="k1,k2"` arrives as one string (NoDecode keeps it from being read as JSON).
         if isinstance(value, str):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _check_webhook_secret(cls, value: str | None) -> str | None:
+        if value:
+            parse_secret(value)  # a malformed secret stops the start with the reason
+        return value or None
 
 
 @lru_cache

@@ -22,14 +22,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     karlo = formats.add_parser("karlo", help="a diffusers UnCLIP folder (kakaobrain/karlo-v1-alpha)")
     karlo.add_argument("src", help="folder with prior/, text_proj/, decoder/, super_res_first/, ...")
     karlo.add_argument("out", help="checkpoint folder to write")
-    karlo.add_argument("--image-encoder", help="CLIPVisionModelWithProjection folder, when SRC has none")
+    karlo.add_argument(
+        "--image-encoder",
+        help="the kakaobrain/karlo-v1-alpha-image-variations folder (its image_encoder/ and "
+        "feature_extractor/) or a CLIPVisionModelWithProjection folder; without one, variation, "
+        "interpolate and text_diff are refused",
+    )
     karlo.add_argument("--sr1024-from", help="one of our checkpoint folders whose 256→1024 upsampler to use")
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.checkpoint import CheckpointError, load_checkpoint
+    from models.checkpoint import load_checkpoint
     from models.convert.clip_hf import import_clip
-    from models.convert.hf_files import ConversionError
     from models.convert.karlo import import_karlo, missing_parts
 
     try:
@@ -37,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
             out = import_clip(args.src, args.out, vision=args.vision)
         else:
             out = import_karlo(args.src, args.out, args.image_encoder, args.sr1024_from)
-    except (ConversionError, CheckpointError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:  # ConversionError, CheckpointError, a missing file
         print(f"import failed: {error}", file=sys.stderr)
         return 1
     print(f"wrote {out}")

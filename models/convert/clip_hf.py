@@ -11,12 +11,16 @@ q_proj` ↔ our `transformer.resblocks.N.attn.in_proj_weight[:W]`, ...). Differe
 - Pooling: HF takes the end-of-text token by argmax of the ids (legacy `eos_token_id` 2) or by the first
   position of `eos_token_id`; ours by argmax. They agree when the end-of-text token holds the largest id,
   which the importer checks against the vocabulary.
-- Our `encode_image` takes `[-1, 1]` images and normalises them with `models.clip.CLIP_MEAN/STD`; the
-  importer refuses a folder whose `preprocessor_config.json` uses other statistics or another size.
+- Image preprocessing (resize, centre crop, mean and std) is CLIPImageProcessor's, read from the
+  `preprocessor_config.json` beside the vision model (or in its parent's `feature_extractor/`) into
+  CLIPConfig's image_* fields; without one, OpenAI's mean and std on the whole picture squashed square.
+- MLP width, heads, depth and projection size are each tower's own (`intermediate_size` need not be
+  4 x `hidden_size`: OpenCLIP ViT-bigG/14 has 1664 and 8192).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from models.clip import CLIP, CLIP_MEAN, CLIP_STD
@@ -33,6 +38,7 @@ from models.tokenizer import END_OF_TEXT, MERGES_FILE, VOCAB_FILE, Tokenizer
 
 CLIP_CONFIG_FILE = "clip.json"
 CLIP_WEIGHTS_FILE = "clip.safetensors"
+PREPROCESSOR_FILE = "preprocessor_config.json"
 
 # transformers' CLIPTextConfig / CLIPVisionConfig defaults, for config.json files that omit a field.
 HF_TEXT_DEFAULTS = {
@@ -60,30 +66,71 @@ HF_VISION_DEFAULTS = {
 IGNORED = ("position_ids",)  # buffers some transformers versions saved
 
 
-def clip_config_from_hf(text: dict[str, Any], vision: dict[str, Any], projection_dim: int) -> CLIPConfig:
-    text, vision = {**HF_TEXT_DEFAULTS, **text}, {**HF_VISION_DEFAULTS, **vision}
-    for name, tower in (("text", text), ("vision", vision)):
-        if tower["intermediate_size"] != 4 * tower["hidden_size"]:
-            raise ConversionError(f"{name} MLP width {tower['intermediate_size']} is not 4 x hidden_size")
-        if tower["hidden_act"] not in ACTIVATIONS:
-            raise ConversionError(f"{name} activation {tower['hidden_act']!r} is not one of {ACTIVATIONS}")
-    if text["hidden_act"] != vision["hidden_act"] or text["layer_norm_eps"] != vision["layer_norm_eps"]:
-        raise ConversionError("the text and vision towers use different activations or layer-norm eps")
-    return CLIPConfig(
+def clip_config_from_hf(
+    text: dict[str, Any],
+    vision: dict[str, Any] | None,
+    projection_dim: int,
+    where: tuple[str, str] = ("text_config.", "vision_config."),
+) -> CLIPConfig:
+    """Our CLIPConfig from transformers' text and vision configs (vision None: a text tower only).
+    `where` prefixes the field names in errors (e.g. "text_config." or "text_encoder/config.json: ")."""
+    text = _checked_tower({**HF_TEXT_DEFAULTS, **text}, where[0])
+    config = CLIPConfig(
         embed_dim=projection_dim,
-        image_size=vision["image_size"],
-        patch_size=vision["patch_size"],
-        vision_width=vision["hidden_size"],
-        vision_layers=vision["num_hidden_layers"],
-        vision_heads=vision["num_attention_heads"],
         vocab_size=text["vocab_size"],
         context_length=text["max_position_embeddings"],
         text_width=text["hidden_size"],
         text_layers=text["num_hidden_layers"],
         text_heads=text["num_attention_heads"],
+        text_mlp_width=text["intermediate_size"],
         activation=text["hidden_act"],
         layer_norm_eps=text["layer_norm_eps"],
+        image_encoder=vision is not None,
     )
+    if vision is None:
+        return config
+    vision = _checked_tower({**HF_VISION_DEFAULTS, **vision}, where[1])
+    for key in ("hidden_act", "layer_norm_eps"):  # one value for both towers in our CLIPConfig
+        if vision[key] != text[key]:
+            raise ConversionError(
+                f"{key} {vision[key]!r} ({where[1]}{key}) differs from the text tower's {text[key]!r} "
+                f"({where[0]}{key}); both towers must share it"
+            )
+    for key, supported in (("num_channels", 3),):
+        if vision.get(key, supported) != supported:
+            raise ConversionError(f"{key} {vision[key]!r} is not supported ({where[1]}{key})")
+    if vision["image_size"] % vision["patch_size"]:
+        raise ConversionError(
+            f"image_size {vision['image_size']} is not a multiple of patch_size {vision['patch_size']} "
+            f"({where[1]}image_size)"
+        )
+    return dataclasses.replace(
+        config,
+        image_size=vision["image_size"],
+        patch_size=vision["patch_size"],
+        vision_width=vision["hidden_size"],
+        vision_layers=vision["num_hidden_layers"],
+        vision_heads=vision["num_attention_heads"],
+        vision_mlp_width=vision["intermediate_size"],
+    )
+
+
+def _checked_tower(tower: dict[str, Any], where: str) -> dict[str, Any]:
+    """The tower's config, or a ConversionError naming the first field we cannot run."""
+    if tower["hidden_act"] not in ACTIVATIONS:
+        raise ConversionError(
+            f"hidden_act {tower['hidden_act']!r} is not supported ({where}hidden_act); "
+            f"supported: {', '.join(ACTIVATIONS)}"
+        )
+    for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
+        if not isinstance(tower[key], int) or tower[key] < 1:
+            raise ConversionError(f"{key} {tower[key]!r} is not supported ({where}{key})")
+    if tower["hidden_size"] % tower["num_attention_heads"]:
+        raise ConversionError(
+            f"num_attention_heads {tower['num_attention_heads']} does not divide hidden_size "
+            f"{tower['hidden_size']} ({where}num_attention_heads)"
+        )
+    return tower
 
 
 def _encoder_layers(
@@ -147,61 +194,106 @@ def check_state_dict(config: CLIPConfig, tensors: dict[str, torch.Tensor]) -> No
 
 
 def load_hf_clip(
-    folder: str | Path, vision_folder: str | Path | None = None
+    folder: str | Path, vision_folder: str | Path | None = None, text_only: bool = False
 ) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
     """(config, our CLIP state dict in float32) from a CLIPModel folder, or a text-with-projection
-    folder plus a vision-with-projection folder."""
+    folder plus a vision-with-projection folder, or (`text_only`) a text-with-projection folder alone
+    (a checkpoint without an image encoder). The image preprocessing comes from the first
+    `preprocessor_config.json` found beside the vision model (see `preprocessing`)."""
     folder = Path(folder)
     document = read_config(folder)
     if "text_config" in document:  # CLIPModel: both towers in one file
         if vision_folder is not None:
             raise ConversionError(f"{folder} is a full CLIPModel; it needs no separate vision folder")
-        projection_dim = document.get("projection_dim", 512)
-        config = clip_config_from_hf(document["text_config"], document["vision_config"], projection_dim)
+        where = (f"{folder / 'config.json'}: text_config.", f"{folder / 'config.json'}: vision_config.")
+        config = clip_config_from_hf(
+            document["text_config"], document["vision_config"], document.get("projection_dim", 512), where
+        )
         text = vision = TensorSource(read_weights(folder), str(folder))
         logit_scale = text("logit_scale").reshape(())
+        preprocessor_places = [folder]
     else:
-        if vision_folder is None:
+        if vision_folder is None and not text_only:
             raise ConversionError(
                 f"{folder} holds only a CLIP text model; give the matching CLIPVisionModelWithProjection "
                 "folder too (our CLIP checkpoint has both towers)"
             )
-        vision_document = read_config(vision_folder)
-        projection_dim = document.get("projection_dim", 512)
-        if vision_document.get("projection_dim", 512) != projection_dim:
-            raise ConversionError("the text and vision models project to different sizes")
-        config = clip_config_from_hf(document, vision_document, projection_dim)
+        projection_dim = document.get("projection_dim", HF_TEXT_DEFAULTS["projection_dim"])
+        vision_document = None if vision_folder is None else read_config(vision_folder)
+        if vision_document is not None:
+            vision_projection = vision_document.get("projection_dim", HF_VISION_DEFAULTS["projection_dim"])
+            if vision_projection != projection_dim:
+                raise ConversionError(
+                    f"projection_dim {vision_projection} ({Path(vision_folder) / 'config.json'}) differs "
+                    f"from the text model's {projection_dim} ({folder / 'config.json'})"
+                )
+        where = (f"{folder / 'config.json'}: ", f"{Path(vision_folder or '.') / 'config.json'}: ")
+        config = clip_config_from_hf(document, vision_document, projection_dim, where)
         text = TensorSource(read_weights(folder), str(folder))
-        vision = TensorSource(read_weights(vision_folder), str(vision_folder))
+        vision = (
+            None if vision_folder is None else TensorSource(read_weights(vision_folder), str(vision_folder))
+        )
         logit_scale = torch.tensor(math.log(1 / 0.07))  # unused by inference; CLIPModel's initial value
-    tensors = {**text_tensors(text, config), **vision_tensors(vision, config), "logit_scale": logit_scale}
-    text.check_all_used(IGNORED)
-    vision.check_all_used(IGNORED)
+        preprocessor_places = [] if vision_folder is None else [Path(vision_folder)]
+    tensors = {**text_tensors(text, config), "logit_scale": logit_scale}
+    if vision is not None:
+        tensors.update(vision_tensors(vision, config))
+    for source in (text, vision):
+        if source is not None:
+            source.check_all_used(IGNORED)
     check_state_dict(config, tensors)
-    if vision_folder is not None:
-        check_preprocessing(Path(vision_folder), config)
-    check_preprocessing(folder, config)
+    for place in preprocessor_places:
+        for path in (place / PREPROCESSOR_FILE, place.parent / "feature_extractor" / PREPROCESSOR_FILE):
+            if path.is_file():
+                return dataclasses.replace(config, **preprocessing(path, config.image_size)), tensors
     return config, tensors
 
 
-def check_preprocessing(folder: Path, config: CLIPConfig) -> None:
-    """A `preprocessor_config.json` (where the folder or its parent's feature_extractor/ has one) must
-    normalise like our `encode_image`: CLIP's mean/std at the model's image size."""
-    for path in (
-        folder / "preprocessor_config.json",
-        folder.parent / "feature_extractor" / "preprocessor_config.json",
-    ):
-        if not path.is_file():
-            continue
-        document = json.loads(path.read_text(encoding="utf-8"))
-        for key, ours in (("image_mean", CLIP_MEAN), ("image_std", CLIP_STD)):
-            theirs = document.get(key, ours)
-            if any(abs(a - b) > 1e-6 for a, b in zip(theirs, ours, strict=True)):
-                raise ConversionError(f"{path}: {key} {theirs} differs from CLIP's {list(ours)}")
-        crop = document.get("crop_size", config.image_size)
-        crop = crop.get("height", config.image_size) if isinstance(crop, dict) else crop
-        if crop != config.image_size:
-            raise ConversionError(f"{path}: crop size {crop} differs from the model's {config.image_size}")
+def preprocessing(path: Path, image_size: int) -> dict[str, Any]:
+    """CLIPConfig's image_* fields from a CLIPImageProcessor `preprocessor_config.json`: shorter side
+    resized to `size` (`shortest_edge`), centre crop to `crop_size`, `resample`, mean and std."""
+    document = json.loads(path.read_text(encoding="utf-8"))
+
+    def refuse(key: str, why: str) -> ConversionError:
+        return ConversionError(f"{key} {document.get(key)!r} is not supported ({path}: {key}): {why}")
+
+    crop = document.get("crop_size", image_size)
+    crop = (crop, crop) if isinstance(crop, int) else (crop.get("height"), crop.get("width"))
+    if not document.get("do_center_crop", True):
+        raise refuse("do_center_crop", "CLIP takes a square picture; turn the centre crop on")
+    if crop != (image_size, image_size):
+        raise refuse("crop_size", f"the vision model takes {image_size} x {image_size} pixels")
+    if not document.get("do_resize", True):
+        raise refuse("do_resize", "pictures of any size need resizing")
+    size = document.get("size", {"shortest_edge": image_size})
+    if isinstance(size, int):  # older feature extractors: the shorter side
+        size = {"shortest_edge": size}
+    if set(size) == {"shortest_edge"}:
+        resize = size["shortest_edge"]
+        if resize < image_size:
+            raise refuse("size", f"the shorter side must reach the crop size {image_size}")
+    elif size.get("height") == size.get("width") == image_size:
+        resize = None  # squashed to the crop size: the crop keeps everything
+    else:
+        raise refuse("size", "use shortest_edge, or height = width = the crop size")
+    if document.get("do_rescale", True) and abs(document.get("rescale_factor", 1 / 255) - 1 / 255) > 1e-9:
+        raise refuse("rescale_factor", "pixels are read as 0..255")
+    if not document.get("do_rescale", True):
+        raise refuse("do_rescale", "pixels are read as 0..255 and scaled to [0, 1]")
+    try:
+        resample = Image.Resampling(document.get("resample", Image.Resampling.BICUBIC)).name.lower()
+    except ValueError:
+        raise refuse("resample", "not a PIL resampling filter") from None
+    normalize = document.get("do_normalize", True)
+    fields = {
+        "image_resize": resize,
+        "image_resample": resample,
+        "image_mean": tuple(document.get("image_mean", CLIP_MEAN)) if normalize else (0.0, 0.0, 0.0),
+        "image_std": tuple(document.get("image_std", CLIP_STD)) if normalize else (1.0, 1.0, 1.0),
+    }
+    if len(fields["image_mean"]) != 3 or len(fields["image_std"]) != 3:
+        raise refuse("image_mean", "three channel values are needed (image_mean and image_std)")
+    return fields
 
 
 def find_tokenizer(*folders: Path) -> Path:

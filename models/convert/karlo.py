@@ -1,14 +1,17 @@
-"""A diffusers UnCLIP folder (Karlo, `kakaobrain/karlo-v1-alpha[-image-variations]`) → our checkpoint folder.
+"""A diffusers UnCLIP folder (Karlo, `kakaobrain/karlo-v1-alpha`) → our checkpoint folder.
 
 ```
-text_encoder/ image_encoder/ tokenizer/   CLIP ViT-L/14 towers (clip_hf)   → clip.safetensors, vocab/merges
+text_encoder/ tokenizer/                  CLIP ViT-L/14 text tower (clip_hf) → clip.safetensors, vocab/merges
 prior/ prior_scheduler/                   PriorTransformer                  → prior.safetensors
 text_proj/ decoder/ decoder_scheduler/    UnCLIPTextProjModel + UNet2DConditionModel → decoder.safetensors
 super_res_first/ super_res_scheduler/     UNet2DModel 64 → 256              → sr256.safetensors
 super_res_last/                           UNet2DModel for the last SR step  → sr256_last.safetensors
 ```
-The text-to-image repository has no image encoder: pass a `CLIPVisionModelWithProjection` folder of the
-same CLIP (openai/clip-vit-large-patch14) as `image_encoder`.
+The text-to-image repository publishes no image encoder: without one the checkpoint has CLIP's text tower
+only (`CLIPConfig.image_encoder` False; generate and inpaint run, the operations that encode an image are
+refused, see models.capabilities). `image_encoder` adds the vision tower: the image-variations repository
+(`kakaobrain/karlo-v1-alpha-image-variations`: its `image_encoder/` and `feature_extractor/`), or a
+`CLIPVisionModelWithProjection` folder of the same CLIP (openai/clip-vit-large-patch14) itself.
 
 Karlo conditions differently from the paper, so the imported config turns on the options that reproduce it
 (see PriorConfig / UNetConfig):
@@ -52,6 +55,12 @@ from models.convert.hf_files import ConversionError, TensorSource, read_config, 
 from models.tokenizer import Tokenizer
 
 SR_LAST_FILE = "sr256_last.safetensors"  # written by save_checkpoint for the sr256_last component
+IMAGE_ENCODER = "image_encoder"
+VISION_CLASS = "CLIPVisionModelWithProjection"
+TEXT_TO_IMAGE_PARTS = (
+    "prior", "prior_scheduler", "text_encoder", "tokenizer", "text_proj", "decoder", "decoder_scheduler",
+    "super_res_first", "super_res_last", "super_res_scheduler",
+)  # fmt: skip
 # Karlo's published defaults (UnCLIPPipeline): 25 prior steps at guidance 4, 25 decoder steps at 8, 7 SR.
 KARLO_SAMPLING = Sampling(
     size=256, prior_steps=25, prior_guidance=4.0, decoder_steps=25, decoder_guidance=8.0
@@ -248,21 +257,54 @@ def _load(module: torch.nn.Module, tensors: dict[str, torch.Tensor], name: str) 
     module.load_state_dict({k: v.contiguous() for k, v in tensors.items()}, strict=True, assign=True)
 
 
+def find_image_encoder(folder: str | Path) -> Path:
+    """The CLIPVisionModelWithProjection folder in `folder`: its `image_encoder/` (the image-variations
+    repository, or a text-to-image folder that has one) or `folder` itself."""
+    folder = Path(folder)
+    for candidate in (folder / IMAGE_ENCODER, folder):
+        config = candidate / "config.json"
+        if config.is_file():
+            architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or [
+                VISION_CLASS
+            ]
+            if VISION_CLASS in architectures:
+                return candidate
+            raise ConversionError(f"{config} describes {architectures[0]}, not a {VISION_CLASS}")
+    raise ConversionError(
+        f"{folder} has neither {IMAGE_ENCODER}/config.json nor config.json: give the "
+        f"kakaobrain/karlo-v1-alpha-image-variations folder or a {VISION_CLASS} folder"
+    )
+
+
+def _check_layout(src: Path) -> None:
+    """A text-to-image UnCLIP folder, or a message saying which folder to give instead."""
+    if not src.is_dir():
+        raise ConversionError(f"{src} is not a folder")
+    if not (src / "prior").is_dir() and (src / IMAGE_ENCODER).is_dir():
+        raise ConversionError(
+            f"{src} has no prior/: it looks like the image-variations repository; give the text-to-image "
+            f"folder (kakaobrain/karlo-v1-alpha) as SRC and this one as --image-encoder"
+        )
+    missing = [part for part in TEXT_TO_IMAGE_PARTS if not (src / part).is_dir()]
+    if missing:
+        raise ConversionError(f"{src} lacks {', '.join(p + '/' for p in missing)}: not a Karlo UnCLIP folder")
+
+
 def convert_karlo(
     src: str | Path, image_encoder: str | Path | None = None, sr1024_from: str | Path | None = None
 ) -> UnCLIPModels:
     """Our models (CPU) from a Karlo folder: Karlo's float32 tensors, derived ones in float64 (cast the
     models to one dtype to run them; `import_karlo` + `load_checkpoint` does). Karlo stops at 256 px;
-    `sr1024_from` (one of our checkpoint folders) lends its 256→1024 upsampler."""
+    `sr1024_from` (one of our checkpoint folders) lends its 256→1024 upsampler. Without `image_encoder`
+    (see `find_image_encoder`) and without SRC/image_encoder/, CLIP has its text tower only."""
     src = Path(src)
+    _check_layout(src)
     donor = _sr1024_donor(sr1024_from)
-    vision = Path(image_encoder) if image_encoder is not None else src / "image_encoder"
-    if not (vision / "config.json").is_file():
-        raise ConversionError(
-            f"{src} has no image_encoder/; pass image_encoder= a CLIPVisionModelWithProjection folder of the "
-            "same CLIP (openai/clip-vit-large-patch14 for Karlo)"
-        )
-    clip_config, clip_tensors = load_hf_clip(src / "text_encoder", vision)
+    if image_encoder is not None:
+        vision: Path | None = find_image_encoder(image_encoder)
+    else:
+        vision = src / IMAGE_ENCODER if (src / IMAGE_ENCODER / "config.json").is_file() else None
+    clip_config, clip_tensors = load_hf_clip(src / "text_encoder", vision, text_only=True)
     clip_config.normalize_image_embeds = False
     tokenizer = check_tokenizer(find_tokenizer(src / "tokenizer", src / "text_encoder"), clip_config)
     with torch.device("meta"):  # no random init of weights about to be replaced
@@ -325,13 +367,18 @@ def import_karlo(
 ) -> Path:
     """Write our checkpoint folder for a Karlo folder; returns `out`."""
     out = Path(out)
-    save_checkpoint(convert_karlo(src, image_encoder, sr1024_from), out)
+    save_checkpoint(convert_karlo(src, image_encoder, sr1024_from), out, imported_from="karlo")
     return out
 
 
 def missing_parts(models: UnCLIPModels) -> list[str]:
     """What a checkpoint lacks of the full stack (DESIGN §1), and how the pipeline copes without it."""
     notes = []
+    if models.clip.visual is None:
+        notes.append(
+            "no CLIP image encoder: variation, interpolate and text_diff are refused (--image-encoder DIR "
+            "adds one: the kakaobrain/karlo-v1-alpha-image-variations folder)"
+        )
     if models.sr1024 is None:
         notes.append("no 256→1024 upsampler: images stop at 256 px (--sr1024-from CHECKPOINT lends one)")
     if not models.decoder.supports_inpainting:

@@ -30,7 +30,7 @@ from models.clip import TextEncoding
 from models.contract import DEFAULT_FRAMES, DEFAULT_LATENT, LATENTS, VARIATION_ETA, ProgressCallback, Sampling
 from models.diffusion import Clamp, GaussianDiffusion, clamp_images, gaussian_noise
 from models.pipeline.devices import resolve_device, resolve_dtype
-from models.pipeline.images import images_to_tensor, known_regions, tensor_to_images
+from models.pipeline.images import clip_pixels, images_to_tensor, known_regions, tensor_to_images
 from models.pipeline.latents import item_generators, sequence_streams, slerp
 from models.pipeline.sampling import stage_reporter
 from models.pipeline.stages import (
@@ -242,7 +242,7 @@ class UnCLIPPipeline:
         return encode_text(self.models.clip, self.models.tokenizer, prompts, self.device)
 
     def _image_embeds(self, images: list[Image.Image]) -> torch.Tensor:
-        return encode_images(self.models.clip, self._pixels(images, self.models.clip.image_size))
+        return encode_images(self.models.clip, clip_pixels(images, self.models.config.clip, self.device))
 
     def _image_condition(self, image_embed: torch.Tensor) -> DecoderCondition:
         clip = self.models.config.clip

@@ -1,12 +1,22 @@
 """`unclip <command>` in-process, end to end through service.cli.main on a tiny random checkpoint."""
 
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from models.capabilities import NO_IMAGE_ENCODER
+from models.checkpoint import init_checkpoint
+from models.config import named_config
 from service.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
 
 FAST = ["--size", "64", "--prior-steps", "2", "--decoder-steps", "2", "--device", "cpu"]
 
@@ -145,3 +155,64 @@ def test_train_and_evaluate_are_handed_to_the_training_command(tmp_path: Path) -
     with pytest.raises(SystemExit) as exit_info:
         main(["evaluate", "--help"])
     assert exit_info.value.code == 0
+
+
+@pytest.fixture(scope="module")
+def text_only(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint whose CLIP has no image tower, as `unclip import karlo` writes for karlo-v1-alpha."""
+    config = named_config("tiny")
+    config = dataclasses.replace(config, clip=dataclasses.replace(config.clip, image_encoder=False))
+    return init_checkpoint(tmp_path_factory.mktemp("text-only"), config, seed=2)
+
+
+def unclip(*args: str) -> subprocess.CompletedProcess[str]:
+    """The installed `unclip` console script, running this tree's code."""
+    command = shutil.which("unclip", path=str(Path(sys.executable).parent)) or shutil.which("unclip")
+    assert command is not None, "the unclip console script is not installed"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([command, *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["vary", "{image}"],
+        ["interpolate", "{image}", "{image}", "--frames", "2"],
+        ["text-diff", "{image}", "a blue square"],
+    ],
+)
+def test_image_operations_without_an_image_encoder_exit_with_one_line(
+    text_only: Path, tmp_path: Path, command: list[str]
+) -> None:
+    image = str(picture(tmp_path / "in.png"))
+    output = tmp_path / "o.png"
+    done = unclip(*(part.format(image=image) for part in command), *flags(text_only, output))
+    assert done.returncode != 0
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert NO_IMAGE_ENCODER in lines[0] and "--image-encoder" in lines[0]
+    assert not output.exists()
+
+
+def test_generate_and_inpaint_run_without_an_image_encoder(text_only: Path, tmp_path: Path) -> None:
+    image = picture(tmp_path / "in.png", size=(64, 64))
+    mask = Image.new("L", (64, 64), 255)
+    mask.save(tmp_path / "mask.png")
+    assert main(["generate", "a red circle", *flags(text_only, tmp_path / "g.png")]) == 0
+    inpaint = ["inpaint", str(image), str(tmp_path / "mask.png"), "x"]
+    assert main([*inpaint, *flags(text_only, tmp_path / "i.png")]) == 0
+    assert opened(tmp_path / "g.png").size == opened(tmp_path / "i.png").size == (64, 64)
+
+
+def test_the_refusal_comes_before_any_weight_is_read(
+    text_only: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    config_only = tmp_path / "config-only"
+    config_only.mkdir()
+    shutil.copy(text_only / "unclip.json", config_only)
+    image = picture(tmp_path / "in.png")
+    assert main(["vary", str(image), *flags(config_only, tmp_path / "o.png")]) == 2
+    assert NO_IMAGE_ENCODER in capsys.readouterr().err
+    assert main(["generate", "x", *flags(config_only, tmp_path / "o.png")]) == 2
+    assert "missing" in capsys.readouterr().err  # an op it can run goes on to load the weights

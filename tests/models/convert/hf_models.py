@@ -31,14 +31,22 @@ def tiny_tokenizer(folder: Path, context_length: int = 77) -> Tokenizer:
     return tokenizer
 
 
-def text_config(tokenizer: Tokenizer, hidden_act: str = "quick_gelu", width: int = 48) -> CLIPTextConfig:
+def text_config(
+    tokenizer: Tokenizer,
+    hidden_act: str = "quick_gelu",
+    width: int = 48,
+    mlp_width: int | None = None,
+    heads: int = 3,
+    layers: int = 2,
+    projection_dim: int | None = None,
+) -> CLIPTextConfig:
     return CLIPTextConfig(
         vocab_size=tokenizer.vocab_size,
         hidden_size=width,
-        intermediate_size=4 * width,
-        projection_dim=width,  # ViT-L/14: 768 = 768
-        num_hidden_layers=2,
-        num_attention_heads=3,
+        intermediate_size=mlp_width or 4 * width,
+        projection_dim=projection_dim or width,  # ViT-L/14: 768 = 768
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
         max_position_embeddings=tokenizer.context_length,
         hidden_act=hidden_act,
         bos_token_id=tokenizer.sot_id,
@@ -47,14 +55,22 @@ def text_config(tokenizer: Tokenizer, hidden_act: str = "quick_gelu", width: int
     )
 
 
-def vision_config(projection_dim: int, hidden_act: str = "quick_gelu") -> CLIPVisionConfig:
+def vision_config(
+    projection_dim: int,
+    hidden_act: str = "quick_gelu",
+    width: int = 64,
+    mlp_width: int | None = None,
+    heads: int = 4,
+    layers: int = 2,
+    image_size: int = 28,
+) -> CLIPVisionConfig:
     return CLIPVisionConfig(
-        hidden_size=64,
-        intermediate_size=256,
+        hidden_size=width,
+        intermediate_size=mlp_width or 4 * width,
         projection_dim=projection_dim,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=28,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        image_size=image_size,
         patch_size=14,
         hidden_act=hidden_act,
     )

@@ -1,22 +1,28 @@
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import PriorTransformer, UNet2DConditionModel, UNet2DModel
 from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
+from PIL import Image
 from safetensors.torch import load_file
 from transformers import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
+from models.capabilities import NO_IMAGE_ENCODER, read_capabilities
 from models.checkpoint import UnCLIPModels, init_checkpoint, load_checkpoint
-from models.clip import CLIP_MEAN, CLIP_STD, TextEncoding
+from models.clip import TextEncoding
 from models.convert.hf_files import ConversionError
 from models.convert.karlo import SR_LAST_FILE, import_karlo, missing_parts
 from models.pipeline import UnCLIPPipeline
+from models.pipeline.images import clip_pixels
 from models.unet import SuperResUNet
-from tests.models.convert.karlo_folder import make_karlo_folder
+from tests.models.convert.karlo_folder import make_image_variations_folder, make_karlo_folder
 
 PROMPTS = ["a photo of a red circle", "green square on the left"]
 TOL = 1e-4
@@ -24,12 +30,27 @@ TOL = 1e-4
 
 @pytest.fixture(scope="module")
 def karlo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The text-to-image repository's layout (no image encoder)."""
     return make_karlo_folder(tmp_path_factory.mktemp("karlo"))
 
 
 @pytest.fixture(scope="module")
-def imported(karlo: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, UnCLIPModels]:
-    out = import_karlo(karlo, tmp_path_factory.mktemp("ours"))
+def variations(karlo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The image-variations repository's layout (image_encoder/, feature_extractor/, no prior/)."""
+    return make_image_variations_folder(tmp_path_factory.mktemp("variations"), karlo)
+
+
+@pytest.fixture(scope="module")
+def imported(
+    karlo: Path, variations: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, UnCLIPModels]:
+    out = import_karlo(karlo, tmp_path_factory.mktemp("ours"), image_encoder=variations)
+    return out, load_checkpoint(out)
+
+
+@pytest.fixture(scope="module")
+def text_only(karlo: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, UnCLIPModels]:
+    out = import_karlo(karlo, tmp_path_factory.mktemp("text-only"))
     return out, load_checkpoint(out)
 
 
@@ -53,15 +74,26 @@ def test_config_records_karlo_choices(imported: tuple[Path, UnCLIPModels]) -> No
     assert (out / SR_LAST_FILE).is_file()
 
 
-def test_clip_image_embeds_are_karlos_raw_embeds(karlo: Path, imported: tuple[Path, UnCLIPModels]) -> None:
+def test_clip_image_embeds_are_karlos_raw_embeds(
+    variations: Path, imported: tuple[Path, UnCLIPModels]
+) -> None:
+    """What UnCLIPImageVariationPipeline computes for pictures of any shape: its feature_extractor's
+    resize, crop and normalisation (stored in our checkpoint), then the image encoder's raw embeds."""
     models = imported[1]
-    images = torch.rand(2, 3, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    pixels = ((images + 1) / 2 - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[
-        :, None, None
+    assert models.config.clip.image_resize == 28  # read from feature_extractor/preprocessor_config.json
+    generator = np.random.default_rng(0)
+    pictures = [
+        Image.fromarray(generator.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        for width, height in ((50, 30), (28, 70))
     ]
+    processor = CLIPImageProcessorPil.from_pretrained(variations / "feature_extractor")
     with torch.no_grad():
-        theirs = CLIPVisionModelWithProjection.from_pretrained(karlo / "image_encoder")(pixel_values=pixels)
-        assert (models.clip.encode_image(images) - theirs.image_embeds).abs().max() <= TOL
+        pixels = processor(pictures, return_tensors="pt").pixel_values
+        theirs = CLIPVisionModelWithProjection.from_pretrained(variations / "image_encoder")(
+            pixel_values=pixels
+        )
+        ours = models.clip.encode_image(clip_pixels(pictures, models.config.clip))
+    assert (ours - theirs.image_embeds).abs().max() <= TOL
 
 
 def test_prior_matches_diffusers_conditional_and_null(
@@ -141,19 +173,89 @@ def test_upsamplers_match_super_res_first_and_last(karlo: Path, imported: tuple[
             assert (ours(x, t, low) - expected).abs().max() <= TOL, name
 
 
-def test_refuses_what_it_cannot_reproduce(karlo: Path, tmp_path: Path) -> None:
-    import shutil
-
+def test_refuses_what_it_cannot_reproduce(karlo: Path, variations: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConversionError, match="image-variations repository; give the text-to-image"):
+        import_karlo(variations, tmp_path / "out")
+    with pytest.raises(ConversionError, match=r"neither image_encoder/config\.json nor config\.json"):
+        import_karlo(karlo, tmp_path / "out", image_encoder=karlo)
+    with pytest.raises(
+        ConversionError, match="CLIPTextModelWithProjection, not a CLIPVisionModelWithProjection"
+    ):
+        import_karlo(karlo, tmp_path / "out", image_encoder=karlo / "text_encoder")
     copy = Path(shutil.copytree(karlo, tmp_path / "karlo"))
-    shutil.rmtree(copy / "image_encoder")
-    with pytest.raises(ConversionError, match="image_encoder"):
-        import_karlo(copy, tmp_path / "out")
     config = (copy / "decoder" / "config.json").read_text()
     (copy / "decoder" / "config.json").write_text(
         config.replace('"scale_shift"', '"default"', 1).replace('"act_fn": "silu"', '"act_fn": "gelu"')
     )
     with pytest.raises(ConversionError, match="act_fn"):
-        import_karlo(copy, tmp_path / "out", image_encoder=karlo / "image_encoder")
+        import_karlo(copy, tmp_path / "out", image_encoder=variations)
+
+
+def test_the_image_variations_main_branch_pickles_are_refused(
+    variations: Path, karlo: Path, tmp_path: Path
+) -> None:
+    """The repository's main branch has image_encoder/pytorch_model.bin only (safetensors: refs/pr/2)."""
+    copy = Path(shutil.copytree(variations, tmp_path / "variations"))
+    (copy / "image_encoder" / "model.safetensors").unlink()
+    with pytest.raises(ConversionError, match=r"only pickled weights \(pytorch_model.bin\)"):
+        import_karlo(karlo, tmp_path / "out", image_encoder=copy)
+
+
+def test_a_vision_model_folder_itself_as_image_encoder(
+    variations: Path, karlo: Path, imported: tuple[Path, UnCLIPModels], tmp_path: Path
+) -> None:
+    """Without a preprocessor_config.json beside it, the preprocessing is the default (squashed)."""
+    alone = Path(shutil.copytree(variations / "image_encoder", tmp_path / "clip-vit"))
+    models = load_checkpoint(import_karlo(karlo, tmp_path / "out", image_encoder=alone))
+    assert models.config.clip.image_resize is None and imported[1].config.clip.image_resize == 28
+    for name, tensor in imported[1].clip.state_dict().items():
+        assert torch.equal(models.clip.state_dict()[name], tensor), name
+
+
+def test_the_text_to_image_folder_imports_without_an_image_encoder(
+    text_only: tuple[Path, UnCLIPModels], imported: tuple[Path, UnCLIPModels]
+) -> None:
+    out, models = text_only
+    assert models.clip.visual is None and not models.config.clip.image_encoder
+    capabilities = read_capabilities(out)
+    assert capabilities.parts == ("clip_text", "prior", "decoder", "sr256", "sr256_last")
+    assert capabilities.operations == ("generate", "inpaint")
+    assert capabilities.imported_from == "karlo" and not capabilities.shipped
+    assert capabilities.largest_size == 64  # the tiny folder's super_res_first output
+    assert capabilities.parameters == {
+        name: sum(t.numel() for t in module.state_dict().values())
+        for name, module in models.components().items()
+    }
+    assert read_capabilities(imported[0]).operations == (
+        "generate",
+        "variation",
+        "interpolate",
+        "text_diff",
+        "inpaint",
+    )
+    with_image = imported[1].clip.state_dict()
+    for name, tensor in models.clip.state_dict().items():  # the same text tower, nothing else
+        assert torch.equal(with_image[name], tensor), name
+    assert sorted(set(with_image) - set(models.clip.state_dict())) == sorted(
+        name for name in with_image if name.startswith("visual.")
+    )
+
+
+def test_generate_and_inpaint_run_on_it_and_image_operations_are_refused(
+    text_only: tuple[Path, UnCLIPModels],
+) -> None:
+    pipeline = UnCLIPPipeline(text_only[1], torch.device("cpu"), torch.float32)
+    sampling = pipeline.sampling(prior_steps=2, decoder_steps=2, sr256_steps=2)
+    [image] = pipeline.generate(["a red circle"], [0], sampling)
+    assert image.size == (64, 64)
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    [painted] = pipeline.inpaint([image], [mask], ["a green square"], [1], sampling)
+    changed = np.abs(np.asarray(painted, dtype=np.int16) - np.asarray(image, dtype=np.int16)).sum(-1)
+    assert changed[20:44, 20:44].mean() > changed[:8].mean()  # repainted inside the mask
+    with pytest.raises(ValueError, match="no CLIP image encoder") as refused:
+        pipeline.variation([image], [0], sampling)
+    assert str(refused.value) == NO_IMAGE_ENCODER
 
 
 def test_command_line_import(karlo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -163,6 +265,7 @@ def test_command_line_import(karlo: Path, tmp_path: Path, capsys: pytest.Capture
     assert load_checkpoint(tmp_path / "out").config.sampling.size == 256
     printed = capsys.readouterr().out
     assert "no 256→1024 upsampler" in printed and "without inpainting channels" in printed
+    assert "no CLIP image encoder" in printed
     assert main(["karlo", str(tmp_path / "missing"), str(tmp_path / "out2")]) == 1
     assert "import failed" in capsys.readouterr().err
 
