@@ -18,6 +18,7 @@ from models.contract import (
     DEFAULT_SOURCE_CAPTION,
     LATENTS,
     MASK_THRESHOLD,
+    MAX_BEST_OF,
     SIZES,
     VARIATION_ETA,
     image_count,
@@ -29,7 +30,7 @@ Size = Literal[SIZES]
 SEED_MAX = 2**53 - 1  # the largest integer every JSON client (and schema validator) keeps exact
 IMAGE_FIELDS = ("image", "image_a", "image_b", "mask")
 
-INTEGER_FIELDS = ("seed", "n", "frames", "prior_steps", "decoder_steps")
+INTEGER_FIELDS = ("seed", "n", "frames", "prior_steps", "decoder_steps", "best_of")
 
 
 def integral_floats_as_ints(data: Any) -> Any:
@@ -102,6 +103,14 @@ class GenerateRequest(SamplingParams):
         description="Decoder guidance of the prior's image embedding apart from the caption's, which "
         "keeps decoder_guidance. Unset: the checkpoint's default (3 for the shipped model; a checkpoint "
         "without one: decoder_guidance, plain classifier-free guidance).",
+    )
+    best_of: int = Field(
+        1,
+        ge=1,
+        le=MAX_BEST_OF,
+        description="Candidates made per image; the one whose CLIP image embedding is nearest the prompt's "
+        "is kept, and the job's `scores` give each kept image's cosine similarity. Candidate k of image i "
+        "has its own seed drawn from (seed + i, k), so an image does not depend on its batch.",
     )
 
 
@@ -284,6 +293,9 @@ class JobOut(BaseModel):
     expected_images: int
     image_count: int = Field(description="Images stored so far.")
     images: list[str] = Field(description="Absolute URLs of the stored images, in order.")
+    scores: list[float] | None = Field(
+        None, description="With best_of > 1: each image's CLIP cosine similarity to the prompt, in order."
+    )
     url: str
     events_url: str
 

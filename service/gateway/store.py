@@ -59,6 +59,7 @@ class Job:
     expected_images: int
     warnings: list[str] = field(default_factory=list)
     cancel_requested: bool = False  # a running job asked to stop; it turns `cancelled` at its next step
+    scores: list[float] | None = None  # best_of: each kept image's CLIP cosine to the prompt
 
 
 class Backlogged(Exception):
@@ -104,6 +105,7 @@ def job_from_state(state: Mapping[str, str], params: dict[str, Any]) -> Job:
         error=state.get("error") or None, image_count=int(state.get("image_count", 0)),
         expected_images=int(state["expected_images"]), warnings=json.loads(state.get("warnings", "[]")),
         cancel_requested=bool(state.get("cancel_requested")),
+        scores=json.loads(state["scores"]) if state.get("scores") else None,
     )
 
 

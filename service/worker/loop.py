@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from models.contract import image_count
+from models.contract import SCORE_KEY, image_count
 from service.jobs.codec import png_bytes
 from service.jobs.states import Terminal
 from service.settings import Settings
@@ -96,7 +96,7 @@ class Worker:
                     self._end(job, "failed", error=str(error))
                     continue
                 # a job whose attempt raised runs alone; one taken over from a dead worker batches again
-                images = image_count(job.op, job.params)
+                images = image_count(job.op, job.params) * key.sampling.best_of  # candidates, with best_of
                 candidates.append(Candidate(job, key, images, solo=job.failed_before))
             batch, rest = first_batch(candidates, self.settings.max_batch_size)
             self._release([job.claim.entry for job in rest])
@@ -127,13 +127,15 @@ class Worker:
             return len(running)
         encode_started = time.monotonic()
         results = [[png_bytes(image) for image in images] for images in outputs]
+        scores = [[image.info.get(SCORE_KEY) for image in images] for images in outputs]
         self.metrics.stage_seconds.labels("encode").observe(time.monotonic() - encode_started)
         finish_started = time.monotonic()
-        for r, pngs in zip(running, results, strict=True):
+        for r, pngs, job_scores in zip(running, results, scores, strict=True):
             if r.job.id in progress.stopped:
                 self._end(r.job, "cancelled")
             else:
-                self._end(r.job, "succeeded", images=pngs, warnings=r.prepared.warnings, attempt=r)
+                self._end(r.job, "succeeded", images=pngs, warnings=r.prepared.warnings, attempt=r,
+                          scores=job_scores if any(score is not None for score in job_scores) else None)
         self.metrics.stage_seconds.labels("finish").observe(time.monotonic() - finish_started)
         return len(running)
 
@@ -179,8 +181,9 @@ class Worker:
         error: str | None = None,
         warnings: Sequence[str] = (),
         attempt: RunningJob | None = None,
+        scores: Sequence[float | None] | None = None,
     ) -> None:
-        ended = self.queue.finish(job.id, job.claim.entry, status, images, error, warnings)
+        ended = self.queue.finish(job.id, job.claim.entry, status, images, error, warnings, scores)
         self.lease.discard([job.claim.entry])
         if ended:
             self.metrics.jobs.labels(job.op, status).inc()

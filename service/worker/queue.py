@@ -171,13 +171,14 @@ class WorkerQueue:
         images: Sequence[bytes] = (),
         error: str | None = None,
         warnings: Sequence[str] = (),
+        scores: Sequence[float | None] | None = None,
     ) -> bool:
         """Ends the job (results, TTL, dead letter when failed) and acknowledges its entry. False when
-        it had ended already (a cancel or another worker got there first)."""
+        it had ended already (a cancel or another worker got there first). `scores`: best_of's, per image."""
         keys = [job_key(job_id), counts_key(self.stream), self.stream, dead_letter_key(self.stream)]
         keys += [result_key(job_id, index) for index in range(len(images))]
         args = [GROUP, entry or "", status, error or "", self.settings.result_ttl_seconds,
-                json.dumps(list(warnings)), *images]
+                json.dumps(list(warnings)), json.dumps(list(scores)) if scores is not None else "", *images]
         return bool(int(self._finish(keys=keys, args=args)))
 
     def acknowledge(self, entry: str) -> None:
