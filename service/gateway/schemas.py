@@ -56,6 +56,9 @@ ImageCount = Annotated[int, Field(ge=1, description="Images to make (at most UNC
 FrameCount = Annotated[int, Field(ge=2, description="Frames from start to end (at most UNCLIP_MAX_FRAMES).")]
 
 
+WebhookEvent = Literal["start", "progress", "completed"]
+
+
 class SamplingParams(BaseModel):
     """Fields every job body shares: output size, seed and optional sampler overrides (null = default)."""
 
@@ -75,6 +78,16 @@ class SamplingParams(BaseModel):
     prior_guidance: float | None = Field(None, ge=0, le=50, description="Classifier-free guidance, prior.")
     decoder_guidance: float | None = Field(
         None, ge=0, le=50, description="Classifier-free guidance, decoder."
+    )
+    webhook: str | None = Field(
+        None,
+        max_length=2048,
+        description="http(s) URL that gets the job (as GET /v1/jobs/{id} shows it) on its events, signed "
+        "per Standard Webhooks with UNCLIP_WEBHOOK_SECRET. Private, loopback and metadata addresses are "
+        "refused unless UNCLIP_WEBHOOK_ALLOW_HOSTS lists the host; 422 when the server has no secret.",
+    )
+    webhook_events: list[WebhookEvent] | None = Field(
+        None, min_length=1, max_length=3, description='Events to deliver; unset: ["completed"].'
     )
 
 

@@ -119,13 +119,22 @@ class JobStore:
         self._cancel = redis.register_script(CANCEL_LUA)
 
     async def submit(
-        self, op: str, params: dict, owner: str, expected_images: int, idempotency: str | None = None
+        self,
+        op: str,
+        params: dict,
+        owner: str,
+        expected_images: int,
+        idempotency: str | None = None,
+        webhook: Mapping[str, str] | None = None,
     ) -> Job:
         """Queues a job; raises Backlogged when `backlog_limit` jobs are queued already.
 
         With an `idempotency` key: while the key's job lives, the same request returns that job (no second
-        one, whoever races) and another request raises IdempotencyConflict."""
-        fingerprint = request_fingerprint(op, params) if idempotency is not None else ""
+        one, whoever races) and another request raises IdempotencyConflict. `webhook`: the checked
+        {"webhook", "webhook_events"} fields (service.webhooks.subscription), stored with the job."""
+        webhook = webhook or {}
+        request = {**params, **webhook}
+        fingerprint = request_fingerprint(op, request) if idempotency is not None else ""
         submitted, params = params, dict(params)
         if params.get("seed") is None:
             params["seed"] = secrets.randbelow(SEED_BOUND)  # stored, so a retried job is reproducible
@@ -135,7 +144,7 @@ class JobStore:
             keys=[job_key(job_id), stream, counts_key(stream), idempotency_key(owner, idempotency or ""),
                   owner_jobs_key(owner)],
             args=[job_id, op, json.dumps(params), owner, expected_images, self.settings.backlog_limit,
-                  fingerprint],
+                  fingerprint, webhook.get("webhook", ""), webhook.get("webhook_events", "")],
         )
         if outcome == 0:
             raise Backlogged(int(value))
@@ -146,7 +155,7 @@ class JobStore:
             if existing is not None:
                 return existing
             # it expired between the script and this read: the key is free again
-            return await self.submit(op, submitted, owner, expected_images, idempotency)
+            return await self.submit(op, submitted, owner, expected_images, idempotency, webhook)
         return Job(id=job_id, op=op, status="queued", params=params, owner=owner, created_at=float(value),
                    started_at=None, finished_at=None, progress=None, attempts=0, error=None, image_count=0,
                    expected_images=expected_images, warnings=[])
@@ -178,6 +187,11 @@ class JobStore:
                 start -= len(expired)
             jobs += [job_from_state(s, json.loads(s["params"])) for s in states if "status" in s]
         return jobs[:limit], len(jobs) > limit
+
+    async def get_any(self, job_id: str) -> Job | None:
+        """The job whoever owns it (for the webhook dispatcher, which renders it for its own subscriber)."""
+        state = decode_hash(await self.redis.hgetall(job_key(job_id)))
+        return job_from_state(state, json.loads(state["params"])) if "status" in state else None
 
     async def get(self, job_id: str, owner: str) -> Job | None:
         """The job, or None when it is missing, expired or another owner's."""

@@ -12,6 +12,7 @@ import json
 
 from service.jobs.layout import DEAD_LETTER_MAXLEN, OWNER_JOBS_MAX
 from service.jobs.states import TRANSITIONS
+from service.webhooks.outbox import WEBHOOK_LUA_HELPERS
 
 _ALLOWED_JSON = json.dumps({status: {to: True for to in moves} for status, moves in TRANSITIONS.items()})
 
@@ -55,10 +56,15 @@ local function terminate(key, counts, from, to, ttl)
   if idempotency then redis.call('EXPIRE', idempotency, ttl) end
   move_count(counts, from, to)
 end
-""".replace("ALLOWED_JSON", _ALLOWED_JSON)
+
+local function job_id_of(key)
+  return string.sub(key, 5)  -- 'job:' .. id
+end
+""".replace("ALLOWED_JSON", _ALLOWED_JSON) + WEBHOOK_LUA_HELPERS
 
 # KEYS: job, stream, counts, idempotency key, owner's jobs (see layout).
-# ARGV: id, op, params, owner, expected_images, backlog_limit, request fingerprint ('' = no idempotency key).
+# ARGV: id, op, params, owner, expected_images, backlog_limit, request fingerprint ('' = no idempotency key),
+# webhook URL ('' = none), webhook events (comma-separated).
 # Returns {1, created_at} (queued) | {0, queued} (backlog full) | {2, job id} (the key's job, same request)
 # | {3, job id} (the key's job, another request). A key whose job expired is taken over by the new job.
 SUBMIT_LUA = _HELPERS + """
@@ -77,6 +83,7 @@ local entry = redis.call('XADD', KEYS[2], '*', 'job', ARGV[1])
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'op', ARGV[2], 'params', ARGV[3], 'owner', ARGV[4],
   'status', 'queued', 'created_at', created_at, 'attempts', 0, 'image_count', 0,
   'expected_images', ARGV[5], 'warnings', '[]', 'entry', entry, 'version', 0)
+if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'webhook', ARGV[8], 'webhook_events', ARGV[9]) end
 if fingerprint ~= '' then
   -- no TTL while the job lives: terminate() gives the key the job's own
   redis.call('DEL', KEYS[4])
@@ -99,6 +106,7 @@ if f[2] == 'queued' then
   terminate(KEYS[1], KEYS[2], 'queued', 'cancelled', ARGV[2])
   if f[3] then redis.call('XDEL', KEYS[3], f[3]) end
   publish(KEYS[1])
+  webhook_notify(KEYS[1], job_id_of(KEYS[1]), 'completed', tonumber(ARGV[2]))
   return 'cancelled'
 end
 if f[2] == 'running' and not f[4] then
@@ -121,6 +129,7 @@ if status == 'running' then
   if f[3] then
     terminate(KEYS[1], KEYS[2], 'running', 'cancelled', ARGV[3])
     publish(KEYS[1])
+    webhook_notify(KEYS[1], job_id_of(KEYS[1]), 'completed', tonumber(ARGV[3]))
     return {'skip', 'cancelled'}
   end
   if attempts >= tonumber(ARGV[2]) then return {'exhausted', attempts} end
@@ -131,16 +140,18 @@ attempts = attempts + 1
 redis.call('HSET', KEYS[1], 'status', 'running', 'attempts', attempts, 'started_at', now(), 'worker', ARGV[1])
 redis.call('HDEL', KEYS[1], 'progress', 'error')
 publish(KEYS[1])
+webhook_notify(KEYS[1], job_id_of(KEYS[1]), 'start', tonumber(ARGV[3]))
 return {'run', attempts}
 """
 
-# KEYS: job. ARGV: progress JSON. Returns 1 when the job was asked to cancel, else 0.
+# KEYS: job. ARGV: progress JSON, ttl (of a webhook delivery). Returns 1 when the job was asked to cancel.
 PROGRESS_LUA = _HELPERS + """
 local f = redis.call('HMGET', KEYS[1], 'status', 'progress', 'cancel_requested')
 if f[1] ~= 'running' then return 1 end
 if f[2] ~= ARGV[1] then
   redis.call('HSET', KEYS[1], 'progress', ARGV[1])
   publish(KEYS[1])
+  webhook_notify(KEYS[1], job_id_of(KEYS[1]), 'progress', tonumber(ARGV[2]))
 end
 if f[3] then return 1 end
 return 0
@@ -173,6 +184,7 @@ if ARGV[3] == 'failed' then
     'op', f[2], 'owner', f[3], 'attempts', f[4] or '0', 'error', ARGV[4], 'failed_at', now())
 end
 publish(KEYS[1])
+webhook_notify(KEYS[1], job_id_of(KEYS[1]), 'completed', ttl)
 return 1
 """.replace("DEAD_LETTER_MAXLEN", str(DEAD_LETTER_MAXLEN))
 

@@ -157,7 +157,8 @@ class WorkerQueue:
         value = json.dumps({"stage": stage, "step": step, "total": total})
         with self.redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
-                self._progress(keys=[job_key(job_id)], args=[value], client=pipe)
+                ttl = self.settings.result_ttl_seconds  # of a webhook delivery it enqueues
+                self._progress(keys=[job_key(job_id)], args=[value, ttl], client=pipe)
             return [bool(int(stop)) for stop in pipe.execute()]
 
     def note_error(self, job_id: str, error: str) -> None:

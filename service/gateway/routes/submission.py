@@ -28,6 +28,8 @@ from service.gateway.schemas import (
 from service.gateway.store import Backlogged, IdempotencyConflict, Job, JobStore
 from service.jobs.codec import png_base64
 from service.settings import Settings
+from service.webhooks.address_guard import AddressGuard
+from service.webhooks.subscription import WebhookRequestError, check_subscription
 
 log = logging.getLogger("service.api")
 
@@ -37,7 +39,7 @@ def job_params(body: BaseModel, settings: Settings) -> dict[str, Any]:
     errors = limit_errors(body, settings)
     if errors:
         raise RequestValidationError(errors)
-    params = body.model_dump(exclude={"op"})
+    params = body.model_dump(exclude={"op", "webhook", "webhook_events"})
     decoded: dict[str, Image.Image] = {}
     for field in IMAGE_FIELDS:
         if field in params and field != "mask":
@@ -59,11 +61,12 @@ async def submit(
     owner: str,
     expected: int,
     idempotency: str | None = None,
+    webhook: dict[str, str] | None = None,
 ) -> Job:
     """Queues a job (or finds the one `idempotency` names); 429 with Retry-After when the backlog is full,
     422 when the key was used with another request."""
     try:
-        job = await store.submit(op, params, owner, expected, idempotency)
+        job = await store.submit(op, params, owner, expected, idempotency, webhook)
     except Backlogged as full:
         retry_after = max(1, int(full.retry_after))
         raise ApiError(
@@ -84,10 +87,32 @@ async def submit(
 
 
 async def submit_body(
-    store: JobStore, body: BaseModel, owner: str, settings: Settings, idempotency: str | None = None
+    store: JobStore,
+    body: BaseModel,
+    owner: str,
+    settings: Settings,
+    idempotency: str | None = None,
+    guard: AddressGuard | None = None,
 ) -> Job:
+    webhook = await webhook_fields(body, settings, guard)
     params = await images.off_loop(job_params, body, settings)  # decodes and re-encodes the images
-    return await submit(store, body.op, params, owner, expected_images(body), idempotency)
+    return await submit(store, body.op, params, owner, expected_images(body), idempotency, webhook)
+
+
+async def webhook_fields(
+    body: BaseModel, settings: Settings, guard: AddressGuard | None
+) -> dict[str, str] | None:
+    """The job-hash fields of the body's webhook, checked (422 saying why when refused); None without one."""
+    url = getattr(body, "webhook", None)
+    if url is None:
+        return None
+    try:
+        return await check_subscription(
+            url, body.webhook_events, settings.webhook_secret is not None,
+            guard or AddressGuard(settings.webhook_allow_hosts),
+        )
+    except WebhookRequestError as error:
+        raise ApiError(422, str(error), param="webhook", code="invalid_webhook") from None
 
 
 async def owned_job(store: JobStore, job_id: str, owner: str) -> Job:
