@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -159,3 +160,29 @@ def wait_until(condition, timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.02)
+
+
+def test_a_retry_after_a_frozen_redis_gets_the_job_the_first_attempt_made(tmp_path: Path):
+    """Redis freezes (SIGSTOP) while a POST is in flight; the client gives up and retries with its key once
+    Redis is back. The first attempt's job was created meanwhile, and the retry gets it: one job."""
+    server = EmbeddedRedis(data_dir=tmp_path).start()
+    try:
+        with live_gateway(gateway_settings(server.url)) as gateway:
+            headers = {"Idempotency-Key": "frozen-1"}
+            with httpx.Client(base_url=gateway.url, timeout=20) as client:
+                assert client.get("/readyz").status_code == 200  # the gateway's connection is open
+            assert server.process is not None
+            server.process.send_signal(signal.SIGSTOP)
+            try:
+                with httpx.Client(base_url=gateway.url, timeout=1) as impatient:
+                    with pytest.raises(httpx.TimeoutException):
+                        impatient.post("/v1/jobs", json=GENERATE, headers=headers)
+            finally:
+                server.process.send_signal(signal.SIGCONT)
+            wait_until(lambda: len(job_ids(server.url)) == 1)
+            with httpx.Client(base_url=gateway.url, timeout=20) as client:
+                retry = client.post("/v1/jobs", json=GENERATE, headers=headers)
+            assert retry.status_code == 202
+            assert job_ids(server.url) == {retry.json()["id"]}
+    finally:
+        server.stop()
