@@ -78,7 +78,8 @@ async def submit_job(
     summary="List your jobs",
     responses={
         401: ERRORS[401],
-        422: {"model": ErrorDetail, "description": "`limit` out of range, or an `after` not in your list."},
+        404: {"model": ErrorDetail, "description": "`after` names no job of this API key (or it expired)."},
+        422: {"model": ErrorDetail, "description": "`limit` or `after` out of range."},
         **UNAVAILABLE,
     },
 )
@@ -97,9 +98,8 @@ async def list_jobs(
         jobs, has_more = await store.list(owner, limit, after)
     except JobNotFound:
         raise ApiError(
-            422,
+            404,
             f"after: no job {after!r} in your list (it may have expired); start again without `after`",
-            param="after",
             code="unknown_cursor",
         ) from None
     return JobListOut(

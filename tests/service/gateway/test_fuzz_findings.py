@@ -93,4 +93,4 @@ def test_method_not_allowed_lists_every_method_of_the_path(client):
     response = client.options("/v1/jobs/abc")
     assert response.status_code == 405
     assert set(response.headers["allow"].split(", ")) == {"GET", "DELETE"}
-    assert client.put("/v1/jobs").headers["allow"] == "POST"
+    assert set(client.put("/v1/jobs").headers["allow"].split(", ")) == {"GET", "POST"}
