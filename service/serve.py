@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import socket
 import threading
 from types import FrameType
 from typing import Any
@@ -31,12 +32,28 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(**{name: value for name, value in flags.items() if value is not None})
 
 
-class _Gateway(uvicorn.Server):
-    """uvicorn that also tells the worker thread to stop when a signal asks the process to exit."""
+def playground_url(settings: Settings) -> str:
+    """Where a browser opens the playground: the public URL, else the bound address (a wildcard bind
+    is reached through the loopback)."""
+    if settings.public_url:
+        return settings.public_url.rstrip("/") + "/"
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(settings.host, settings.host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{settings.port}/"
 
-    def __init__(self, config: uvicorn.Config, stop: threading.Event):
+
+class _Gateway(uvicorn.Server):
+    """uvicorn that prints the playground's address once it listens, and tells the worker thread to stop
+    when a signal asks the process to exit."""
+
+    def __init__(self, config: uvicorn.Config, stop: threading.Event, playground: str):
         super().__init__(config)
         self._stop_worker = stop
+        self._playground = playground
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            print(f"playground: {self._playground}", flush=True)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._stop_worker.set()
@@ -91,7 +108,7 @@ def run_serve(settings: Settings) -> int:
         settings = settings.model_copy(update={"redis_url": embedded.url})
         log.info("embedded redis started", extra={"url": embedded.url, "pid": embedded.process.pid})
     try:
-        gateway = _Gateway(_uvicorn_config(settings), stop)
+        gateway = _Gateway(_uvicorn_config(settings), stop, playground_url(settings))
         failures: list[BaseException] = []
         worker = threading.Thread(target=_worker_thread, args=(settings, stop, gateway, failures),
                                   name="worker")

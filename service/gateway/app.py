@@ -17,6 +17,7 @@ from PIL import Image
 from service.gateway.body_limit import BodyLimitMiddleware
 from service.gateway.errors import install_error_handlers
 from service.gateway.metrics import GatewayMetrics, RequestMetricsMiddleware
+from service.gateway.playground import playground_router
 from service.gateway.routes import images_openai, jobs, ops
 from service.gateway.routes.submission import job_view
 from service.gateway.store import JobStore
@@ -103,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(images_openai.router)
     app.include_router(ops.router)
+    app.include_router(playground_router())
     # The last one added runs first: metrics see every answer, including the 413s of the body limit.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetricsMiddleware, metrics=app.state.metrics)

@@ -19,6 +19,8 @@ from PIL import Image, ImageChops
 
 from service.jobs.codec import png_base64
 from service.redis_server import free_port
+from service.serve import playground_url
+from service.settings import Settings
 from tests.service.gateway.gateway_fixtures import live_gateway
 from tests.service.worker.worker_fixtures import (
     REPO,
@@ -97,6 +99,7 @@ def test_unclip_serve_runs_a_job_and_stops_its_embedded_redis(log_file: Path) ->
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, process, timeout=60)
+        assert f"playground: {url}/" in log_file.read_text().splitlines()
         [started] = [line for line in log_lines(log_file) if line["message"] == "embedded redis started"]
         redis_pid = started["pid"]
         assert Path(f"/proc/{redis_pid}").exists()
@@ -123,6 +126,20 @@ def test_unclip_serve_runs_a_job_and_stops_its_embedded_redis(log_file: Path) ->
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@pytest.mark.parametrize(
+    ("settings", "printed"),
+    [
+        (Settings(port=8000), "http://127.0.0.1:8000/"),
+        (Settings(host="0.0.0.0", port=9000), "http://127.0.0.1:9000/"),
+        (Settings(host="::", port=9000), "http://[::1]:9000/"),
+        (Settings(host="fd00::5", port=80), "http://[fd00::5]:80/"),
+        (Settings(public_url="https://images.example.com/"), "https://images.example.com/"),
+    ],
+)
+def test_the_playground_address_is_where_a_browser_reaches_it(settings: Settings, printed: str) -> None:
+    assert playground_url(settings) == printed
 
 
 def test_unclip_worker_runs_jobs_until_sigterm(redis_url: str, log_file: Path) -> None:
