@@ -91,6 +91,8 @@ class UnCLIPPipeline:
         chosen = {name: value for name, value in overrides.items() if value is not None}
         sampling = dataclasses.replace(self.default_sampling, **chosen)
         self._check_size(sampling)
+        if sampling.best_of > 1 and self.models.clip.visual is None:
+            raise ValueError(NO_RANKING)
         return sampling
 
     def truncated(self, prompts: list[str]) -> list[bool]:
@@ -118,7 +120,7 @@ class UnCLIPPipeline:
         if k == 1:
             return self._generate(prompts, seeds, sampling, progress)
         if self.models.clip.visual is None:
-            raise ValueError("best_of needs a CLIP image encoder to rank candidates; the checkpoint has none")
+            raise ValueError(NO_RANKING)
         candidates = self._generate(
             [prompt for prompt in prompts for _ in range(k)],
             [candidate_seed(seed, c) for seed in seeds for c in range(k)],
@@ -418,6 +420,9 @@ class UnCLIPPipeline:
     def _check_size(self, sampling: Sampling) -> None:
         if sampling.size == 1024 and self.models.sr1024 is None:
             raise ValueError("this checkpoint has no 256→1024 upsampler: choose size 64 or 256")
+
+
+NO_RANKING = "best_of needs a CLIP image encoder to rank candidates; this checkpoint has none (use best_of 1)"
 
 
 def clip_scores(text_embeds: torch.Tensor, image_embeds: torch.Tensor, k: int) -> torch.Tensor:

@@ -3,6 +3,7 @@ exactly batch-invariant)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -59,3 +60,13 @@ def test_best_of_one_is_plain_generation_without_a_score(pipeline: UnCLIPPipelin
 def test_best_of_out_of_range_is_refused(best_of: int) -> None:
     with pytest.raises(ValueError, match="best_of"):
         Sampling(best_of=best_of)
+
+
+def test_a_checkpoint_without_an_image_encoder_refuses_best_of(pipeline: UnCLIPPipeline) -> None:  # noqa: F811
+    clip = copy.deepcopy(pipeline.models.clip)
+    clip.visual = None  # as a text-only Karlo import has it
+    models = dataclasses.replace(pipeline.models, clip=clip)
+    text_only = UnCLIPPipeline(models, pipeline.device, pipeline.dtype)
+    assert text_only.sampling(best_of=1).best_of == 1
+    with pytest.raises(ValueError, match="best_of needs a CLIP image encoder"):
+        text_only.sampling(best_of=2)
