@@ -15,14 +15,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.attention import attention
-from models.capabilities import NO_IMAGE_ENCODER
+from models.capabilities import NO_IMAGE_ENCODER, UnsupportedOperation
 from models.config import CLIP_MEAN, CLIP_STD, CLIPConfig
 from models.nn import LayerNorm
 
 __all__ = ["CLIP", "CLIP_MEAN", "CLIP_STD", "NoImageEncoderError", "TextEncoding"]
 
 
-class NoImageEncoderError(ValueError):
+class NoImageEncoderError(UnsupportedOperation):
     """An image was given to a CLIP imported without its vision tower."""
 
 

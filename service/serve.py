@@ -86,13 +86,13 @@ def run_gateway(settings: Settings) -> int:
 
 
 def run_worker_command(settings: Settings) -> int:
-    from service.worker.process import load_pipeline, run_worker
+    from service.worker.process import load_pipeline, run_worker, served_card
 
     stop = threading.Event()
     _stop_on_signals(stop)
     pipeline = load_pipeline(settings)
     if not stop.is_set():
-        run_worker(settings, pipeline, stop)
+        run_worker(settings, pipeline, stop, card=served_card(settings))
     return 0
 
 
@@ -128,13 +128,13 @@ def run_serve(settings: Settings) -> int:
 def _worker_thread(settings: Settings, stop: threading.Event, gateway: uvicorn.Server,
                    failures: list[BaseException]) -> None:
     """Loads the pipeline and runs the worker; if either fails, the whole `serve` goes down with it."""
-    from service.worker.process import load_pipeline, run_worker
+    from service.worker.process import load_pipeline, run_worker, served_card
 
     try:
         pipeline = load_pipeline(settings)
         if not stop.is_set():
             # The gateway's /metrics already serves this process; the worker's go on their own port.
-            run_worker(settings, pipeline, stop)
+            run_worker(settings, pipeline, stop, card=served_card(settings))
     except BaseException as error:
         log.exception("worker failed; stopping")
         failures.append(error)

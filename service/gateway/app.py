@@ -18,7 +18,7 @@ from service.gateway.body_limit import BodyLimitMiddleware
 from service.gateway.errors import install_error_handlers
 from service.gateway.metrics import GatewayMetrics, RequestMetricsMiddleware
 from service.gateway.playground import playground_router
-from service.gateway.routes import images_openai, jobs, ops
+from service.gateway.routes import images_openai, jobs, models, ops
 from service.gateway.routes.submission import job_view
 from service.gateway.store import JobStore
 from service.logs import configure_json_logging
@@ -39,12 +39,17 @@ over the limit, `429` with `Retry-After` when the queue is full.
 `/v1/images/variations` follow OpenAI's dall-e-2 image API, so the `openai` client works with
 `base_url="http://host:port/v1"`. Errors there use OpenAI's `{"error": {...}}` shape.
 
+**Models.** `GET /v1/models` lists the checkpoints the live workers serve, with their ops, largest size
+and parameter counts. An op (or a size) that no live worker can run is refused at submit with `422`
+(`400` on the OpenAI routes) saying what to import; with no worker up yet, jobs queue.
+
 **Auth.** With API keys configured, send `Authorization: Bearer <key>`; a job is visible only to the key
 that created it (others get 404).
 """
 TAGS = [
     {"name": "jobs", "description": "Queue a job, follow it, fetch its images, cancel it."},
     {"name": "openai", "description": "OpenAI-compatible image endpoints; they wait for the result."},
+    {"name": "models", "description": "The checkpoints the live workers serve (OpenAI-compatible)."},
     {"name": "operations", "description": "Probes and metrics for operators (no API key)."},
 ]
 
@@ -103,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(jobs.router)
     app.include_router(images_openai.router)
+    app.include_router(models.router)
     app.include_router(ops.router)
     app.include_router(playground_router())
     # The last one added runs first: metrics see every answer, including the 413s of the body limit.

@@ -11,7 +11,7 @@ from __future__ import annotations
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.gateway.errors import OPENAI_PREFIX, openai_error_response
+from service.gateway.errors import OPENAI_PREFIXES, openai_error_response
 
 
 class BodyTooLarge(Exception):
@@ -58,7 +58,7 @@ class BodyLimitMiddleware:
     async def refuse(self, scope: Scope, receive: Receive, send: Send, size: int | None) -> None:
         what = f"{size} bytes, over" if size is not None else "over"
         message = f"the request body is {what} the limit of {self.max_body_bytes} bytes; send smaller images"
-        if scope["path"].startswith(OPENAI_PREFIX):
+        if scope["path"].startswith(OPENAI_PREFIXES):
             response = openai_error_response(413, message, code="request_too_large")
         else:
             response = JSONResponse({"detail": message}, status_code=413)

@@ -1,7 +1,8 @@
 """One error type for the whole API and the handlers that render it.
 
-Routes under `/v1/images/` answer in OpenAI's shape `{"error": {"message", "type", "param", "code"}}`
-(validation problems are 400 there, as OpenAI does); every other route answers FastAPI's `{"detail": ...}`
+Routes under `/v1/images/` and `/v1/models` answer in OpenAI's shape
+`{"error": {"message", "type", "param", "code"}}` (validation problems are 400 there, as OpenAI does); every
+other route answers FastAPI's `{"detail": ...}`
 (validation problems are 422 with pydantic's list of `{loc, msg, type}`, without echoing the input).
 """
 
@@ -20,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.gateway.images import ImageError
 
-OPENAI_PREFIX = "/v1/images/"
+OPENAI_PREFIXES = ("/v1/images/", "/v1/models")
 log = logging.getLogger("service.api")
 
 OPENAI_ERROR_TYPES = {
@@ -60,7 +61,7 @@ class ApiError(Exception):
 
 
 def is_openai_route(request: Request) -> bool:
-    return request.url.path.startswith(OPENAI_PREFIX)
+    return request.url.path.startswith(OPENAI_PREFIXES)
 
 
 def openai_error_response(

@@ -16,6 +16,7 @@ from typing import Any
 
 import redis.asyncio
 
+from service.gateway.live_models import LiveModels
 from service.jobs.layout import (
     counts_key,
     decode_hash,
@@ -117,6 +118,7 @@ class JobStore:
         self.settings = settings
         self._submit = redis.register_script(SUBMIT_LUA)
         self._cancel = redis.register_script(CANCEL_LUA)
+        self.models = LiveModels(redis, settings)  # what the live workers serve (GET /v1/models, refusals)
 
     async def submit(
         self,

@@ -19,6 +19,13 @@ Layout (DESIGN §4):
   it in its `idempotency` field.
 - `job:{id}:events` — pub/sub channel; every change publishes the job's fields (without params) and its
   version, in the same script that makes the change.
+- `{stream}:workers` — set of the names of the workers that published a model card (below). A name whose
+  card has expired is stale: readers skip it and may remove it.
+- `{stream}:workers:{name}` — the model card (JSON) of the checkpoint worker `name` serves, written when
+  it starts, its TTL (`lease_seconds`) renewed by the lease thread, deleted when it stops; a killed
+  worker's card expires with its lease. `{"id", "created", "owned_by", "ops": [...], "max_size",
+  "shipped", "imported_from", "parameters": {component: count}, "refusals": {op: why it cannot run}}`
+  (`service.worker.card` writes it, `service.gateway.live_models` reads it).
 
 Every transition is one Lua script that checks the current status first, so a terminal state is written
 exactly once whoever races for it (two workers after a takeover, a worker and a cancel).
@@ -62,6 +69,14 @@ def counts_key(stream: str) -> str:
 
 def dead_letter_key(stream: str) -> str:
     return f"{stream}:dead"
+
+
+def workers_key(stream: str) -> str:
+    return f"{stream}:workers"
+
+
+def worker_card_key(stream: str, name: str) -> str:
+    return f"{stream}:workers:{name}"
 
 
 def text(value: bytes | str) -> str:

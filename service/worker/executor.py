@@ -14,7 +14,7 @@ a call is `service.worker.batching`'s policy.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,14 +73,18 @@ def _image(params: dict[str, Any], field: str, mode: str = "RGB") -> Image.Image
 
 
 class Executor:
-    def __init__(self, pipeline: Pipeline, max_batch_size: int):
+    def __init__(self, pipeline: Pipeline, max_batch_size: int, refusals: Mapping[str, str] | None = None):
+        """`refusals`: op → why the checkpoint cannot run it (its model card's); such jobs fail at once."""
         self.pipeline = pipeline
         self.max_batch_size = max(1, max_batch_size)
+        self.refusals = dict(refusals or {})
 
     def batch_key(self, op: str, params: dict[str, Any]) -> BatchKey:
         """Equal for jobs that can share a pipeline call. Raises JobInputError for a job that cannot run."""
         if op not in OPS:
             raise JobInputError(f"unknown op {op!r}")
+        if op in self.refusals:
+            raise JobInputError(self.refusals[op])
         try:
             sampling = self.pipeline.sampling(**{name: params.get(name) for name in SAMPLING_FIELDS})
         except ValueError as error:

@@ -1,11 +1,12 @@
 """The lease thread: while the worker holds stream entries it keeps them from being taken over
-(`WorkerQueue.renew`); a worker that dies stops renewing and its jobs go to another after `lease_seconds`."""
+(`WorkerQueue.renew`); a worker that dies stops renewing and its jobs go to another after `lease_seconds`.
+Each tick also runs `also` (the worker's model card renewal: it expires with the lease)."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import redis
 
@@ -17,8 +18,9 @@ log = logging.getLogger("service.worker")
 class LeaseKeeper:
     """A thread that renews the lease of every entry the worker holds, three times per lease."""
 
-    def __init__(self, queue: WorkerQueue, lease_seconds: float):
+    def __init__(self, queue: WorkerQueue, lease_seconds: float, also: Callable[[], None] | None = None):
         self.queue = queue
+        self.also = also
         self.interval = max(0.05, lease_seconds / 3)
         self._held: set[str] = set()
         self._lock = threading.Lock()
@@ -57,5 +59,7 @@ class LeaseKeeper:
         while not self._stop.wait(self.interval):
             try:
                 self.renew()
+                if self.also is not None:
+                    self.also()
             except redis.RedisError:
                 log.exception("lease renewal failed")

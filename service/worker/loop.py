@@ -9,6 +9,9 @@ attempt raised runs alone), until the job's `max_attempts`-th attempt fails it f
 on the dead-letter stream). Progress goes to Redis every step; a job whose cancel was asked is dropped
 from its batch, and a batch whose jobs all were cancelled stops at its next step. `stop` (SIGTERM) ends
 the loop after the current batch.
+An op the checkpoint cannot run (`UnsupportedOperation`, e.g. no CLIP image encoder) fails its jobs at
+once with the reason: a retry would fail the same way. While it runs, the worker's model card (what it
+serves) is in Redis (`service.worker.card`), renewed with the leases and withdrawn when it stops.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ from dataclasses import dataclass, field
 
 import redis
 
+from models.capabilities import UnsupportedOperation
 from models.contract import SCORE_KEY, image_count
 from service.jobs.codec import png_bytes
 from service.jobs.states import Terminal
 from service.settings import Settings
 from service.worker.batching import Candidate, first_batch
+from service.worker.card import CardPublisher
 from service.worker.executor import Executor, JobInputError, PreparedJob
 from service.worker.leases import LeaseKeeper
 from service.worker.metrics import WorkerMetrics
@@ -53,18 +58,22 @@ class Worker:
         metrics: WorkerMetrics | None = None,
         poll_seconds: float = 1.0,
         heartbeat: Heartbeat | None = None,
+        card: CardPublisher | None = None,
     ):
         self.queue = queue
+        self.card = card
         self.heartbeat = heartbeat or Heartbeat()
         self.executor = executor
         self.settings = settings
         self.metrics = metrics or WorkerMetrics()
         self.poll_seconds = poll_seconds
-        self.lease = LeaseKeeper(queue, settings.lease_seconds)
+        self.lease = LeaseKeeper(queue, settings.lease_seconds, card.publish if card else None)
 
     def run(self, stop: threading.Event) -> None:
         """The loop; returns after the batch that runs when `stop` is set."""
         self.queue.ensure_group()
+        if self.card is not None:
+            self.card.publish()
         self.lease.start()
         log.info("worker started", extra={"consumer": self.queue.consumer})
         try:
@@ -77,6 +86,7 @@ class Worker:
                     stop.wait(self.poll_seconds)
         finally:
             self.lease.stop()
+            self._withdraw_card()
             log.info("worker stopped", extra={"consumer": self.queue.consumer})
 
     def step(self) -> int:
@@ -117,6 +127,13 @@ class Worker:
             outputs = self.executor.run([r.prepared for r in running], progress)
         except JobCancelled:
             outputs = [[] for _ in running]
+        except UnsupportedOperation as error:
+            for r in running:
+                if r.job.id in progress.stopped:
+                    self._end(r.job, "cancelled")
+                else:
+                    self._end(r.job, "failed", error=str(error))
+            return len(running)
         except Exception as error:
             log.exception("batch failed", extra={"job_ids": [r.job.id for r in running]})
             for r in running:
@@ -193,6 +210,14 @@ class Worker:
         (log.warning if status == "failed" else log.info)(
             "job ended" + (f": {error}" if error else ""), extra=extra
         )
+
+    def _withdraw_card(self) -> None:
+        if self.card is None:
+            return
+        try:
+            self.card.withdraw()
+        except redis.RedisError:
+            log.exception("could not withdraw the model card; it expires with the lease")
 
     def _release(self, entries: list[str]) -> None:
         self.queue.release(entries)

@@ -8,11 +8,12 @@ import os
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis
 
 from service.settings import Settings
+from service.worker.card import CardPublisher, checkpoint_card
 from service.worker.executor import Executor
 from service.worker.loop import Worker
 from service.worker.metrics import WorkerMetrics
@@ -43,6 +44,13 @@ def load_pipeline(settings: Settings) -> UnCLIPPipeline:
     return pipeline
 
 
+def served_card(settings: Settings) -> dict[str, Any]:
+    """The model card of the checkpoint `load_pipeline` loads."""
+    from models.checkpoint import default_checkpoint
+
+    return checkpoint_card(settings.checkpoint or default_checkpoint())
+
+
 def warm_up(pipeline: UnCLIPPipeline) -> None:
     """One image through every stage at one step each, before the first job: CUDA context, cuDNN and
     Triton autotuning (cached per shape class) happen here, not inside a client's request."""
@@ -58,9 +66,12 @@ def run_worker(
     stop: threading.Event,
     consumer: str | None = None,
     poll_seconds: float = 1.0,
+    card: dict[str, Any] | None = None,
 ) -> None:
     """Runs a worker on `pipeline` until `stop` is set (then drains its batch). Serves /metrics and /healthz
-    on `settings.worker_metrics_port` when set (after the checkpoint is loaded: the startup probe waits)."""
+    on `settings.worker_metrics_port` when set (after the checkpoint is loaded: the startup probe waits).
+    Publishes `card` (`served_card`: what the checkpoint can do) while it runs; None publishes nothing,
+    and the gateway then takes every op as it would with no worker up."""
     if not settings.redis_url:
         raise RuntimeError("the worker needs a Redis: set UNCLIP_REDIS_URL (or run `unclip serve`)")
     client = redis.Redis.from_url(settings.redis_url)
@@ -73,9 +84,13 @@ def run_worker(
         except OSError as error:  # a busy port must not keep `unclip serve` from working
             log.warning("no worker metrics endpoint", extra={"port": settings.worker_metrics_port,
                                                               "error": str(error)})
-    queue = WorkerQueue(client, settings, consumer or consumer_name(settings))
-    worker = Worker(queue, Executor(pipeline, settings.max_batch_size), settings, metrics, poll_seconds,
-                    heartbeat)
+    name = consumer or consumer_name(settings)
+    queue = WorkerQueue(client, settings, name)
+    publisher = None
+    if card is not None:
+        publisher = CardPublisher(client, settings.stream, name, card, settings.lease_seconds)
+    executor = Executor(pipeline, settings.max_batch_size, (card or {}).get("refusals"))
+    worker = Worker(queue, executor, settings, metrics, poll_seconds, heartbeat, publisher)
     try:
         worker.run(stop)
     finally:

@@ -58,9 +58,11 @@ class GatewayPipeline(FakePipeline):
 
 
 @contextmanager
-def fake_worker(settings: Settings, step_delay: float = 0.0) -> Iterator[GatewayPipeline]:
-    """run_worker on a GatewayPipeline in a thread (50 ms poll, no metrics port) until the block exits;
-    it finishes the batch it is running first."""
+def fake_worker(
+    settings: Settings, step_delay: float = 0.0, card: dict[str, Any] | None = None, consumer: str = "w1"
+) -> Iterator[GatewayPipeline]:
+    """run_worker on a GatewayPipeline in a thread (50 ms poll, no metrics port), publishing `card` if given,
+    until the block exits; it finishes the batch it is running first."""
     pipeline = GatewayPipeline(step_delay)
-    with worker_thread(settings.model_copy(update={"worker_metrics_port": None}), pipeline):
+    with worker_thread(settings.model_copy(update={"worker_metrics_port": None}), pipeline, consumer, card):
         yield pipeline

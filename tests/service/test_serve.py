@@ -18,6 +18,7 @@ import redis
 from PIL import Image, ImageChops
 
 from service.jobs.codec import png_base64
+from service.jobs.layout import worker_card_key
 from service.redis_server import free_port
 from service.serve import playground_url
 from service.settings import Settings
@@ -113,6 +114,10 @@ def test_unclip_serve_runs_a_job_and_stops_its_embedded_redis(log_file: Path) ->
             png = client.get(job["images"][1])
             assert png.status_code == 200 and png.headers["content-type"] == "image/png"
             assert Image.open(io.BytesIO(png.content)).size == (64, 64)
+            # the worker published what it serves: the shipped model, every op
+            (model,) = client.get("/v1/models").json()["data"]
+            assert (model["id"], model["shipped"], model["workers"]) == ("unclip-shapes", True, 1)
+            assert model["ops"] == ["generate", "variation", "interpolate", "text_diff", "inpaint"]
 
         metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
         assert 'unclip_worker_jobs_total{op="generate",outcome="succeeded"} 1.0' in metrics
@@ -154,8 +159,11 @@ def test_unclip_worker_runs_jobs_until_sigterm(redis_url: str, log_file: Path) -
         client = redis.Redis.from_url(redis_url)
         state = wait_for_status(client, job_id, timeout=120)
         assert (state["status"], state["image_count"], state["worker"]) == ("succeeded", "2", "cli-worker")
+        card = client.get(worker_card_key(settings.stream, "cli-worker"))
+        assert card is not None and json.loads(card)["id"] == "unclip-shapes"
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
+        assert client.get(worker_card_key(settings.stream, "cli-worker")) is None  # withdrawn at the stop
         assert any(line.get("job_id") == job_id for line in log_lines(log_file))  # JSON logs carry job ids
     finally:
         if process.poll() is None:

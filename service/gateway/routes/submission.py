@@ -63,8 +63,12 @@ async def submit(
     idempotency: str | None = None,
     webhook: dict[str, str] | None = None,
 ) -> Job:
-    """Queues a job (or finds the one `idempotency` names); 429 with Retry-After when the backlog is full,
-    422 when the key was used with another request."""
+    """Queues a job (or finds the one `idempotency` names); 422 when no live worker can run it (op or size)
+    or the key was used with another request, 429 with Retry-After when the backlog is full."""
+    refusal = await store.models.refusal(op, params.get("size"))
+    if refusal is not None:
+        message, field = refusal
+        raise ApiError(422, message, param=field, code=f"unsupported_{field}")
     try:
         job = await store.submit(op, params, owner, expected, idempotency, webhook)
     except Backlogged as full:

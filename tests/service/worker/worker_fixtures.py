@@ -179,11 +179,13 @@ def png_image(png: bytes) -> Image.Image:
 
 @contextmanager
 def worker_thread(
-    settings: Settings, pipeline: FakePipeline, consumer: str = "w1"
+    settings: Settings, pipeline: FakePipeline, consumer: str = "w1", card: dict[str, Any] | None = None
 ) -> Iterator[threading.Event]:
-    """A worker on `pipeline` in a thread (poll 50 ms); stopped (draining its batch) on exit."""
+    """A worker on `pipeline` in a thread (poll 50 ms), publishing `card` if given; stopped (draining its
+    batch) on exit."""
     stop = threading.Event()
-    thread = threading.Thread(target=run_worker, args=(settings, pipeline, stop, consumer, 0.05), daemon=True)
+    thread = threading.Thread(target=run_worker, args=(settings, pipeline, stop, consumer, 0.05, card),
+                              daemon=True)
     thread.start()
     try:
         yield stop
@@ -193,8 +195,10 @@ def worker_thread(
         assert not thread.is_alive(), "worker thread did not stop"
 
 
-def spawn_worker(settings: Settings, consumer: str, step_delay: float, log_path: Path) -> subprocess.Popen:
-    """This file as a worker process on the fake pipeline; its JSON log goes to `log_path`."""
+def spawn_worker(settings: Settings, consumer: str, step_delay: float, log_path: Path,
+                 checkpoint: Path | None = None) -> subprocess.Popen:
+    """This file as a worker process on the fake pipeline (publishing the model card of `checkpoint` if
+    given); its JSON log goes to `log_path`."""
     env = os.environ | {
         "UNCLIP_REDIS_URL": settings.redis_url, "UNCLIP_LEASE_SECONDS": str(settings.lease_seconds),
         "UNCLIP_MAX_ATTEMPTS": str(settings.max_attempts),
@@ -203,7 +207,8 @@ def spawn_worker(settings: Settings, consumer: str, step_delay: float, log_path:
     env.pop("UNCLIP_WORKER_METRICS_PORT", None)
     with open(log_path, "ab") as log:
         return subprocess.Popen(
-            [sys.executable, str(FIXTURE), "--consumer", consumer, "--step-delay", str(step_delay)],
+            [sys.executable, str(FIXTURE), "--consumer", consumer, "--step-delay", str(step_delay),
+             *(["--checkpoint", str(checkpoint)] if checkpoint else [])],
             env=env, cwd=REPO, stdout=log, stderr=log,
         )
 
@@ -212,15 +217,18 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--consumer", required=True)
     parser.add_argument("--step-delay", type=float, default=0.0)
+    parser.add_argument("--checkpoint", type=Path, help="publish this checkpoint's model card")
     args = parser.parse_args()
 
     from service.logs import configure_json_logging
+    from service.worker.card import checkpoint_card
 
     settings = Settings(worker_metrics_port=None)
     configure_json_logging("info")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    run_worker(settings, FakePipeline(step_delay=args.step_delay), stop, args.consumer, 0.05)
+    card = checkpoint_card(args.checkpoint) if args.checkpoint else None
+    run_worker(settings, FakePipeline(step_delay=args.step_delay), stop, args.consumer, 0.05, card)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,69 @@
+"""`GET /v1/models` and `GET /v1/models/{id}` in OpenAI's shape (the `openai` client's `models.list()` and
+`models.retrieve()`): the checkpoints the live workers serve, with what each can do."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Path, Request
+from pydantic import BaseModel, Field
+
+from service.gateway.auth import Owner
+from service.gateway.errors import ApiError
+from service.gateway.live_models import LiveModels
+from service.gateway.schemas import OpenAIError
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": OpenAIError, "description": "Missing or unknown API key."},
+}
+
+
+class ModelOut(BaseModel):
+    id: str = Field(description='"unclip-shapes" for the shipped model, else the checkpoint folder\'s name.')
+    object: Literal["model"] = "model"
+    created: int = Field(description="When the checkpoint was written (s since the epoch).")
+    owned_by: str
+    ops: list[str] = Field(description="The operations it can run.")
+    max_size: int = Field(description="The largest output side in pixels.")
+    shipped: bool = Field(description="The model that ships with unclip-serve.")
+    imported_from: str | None = Field(description='"karlo" for an imported checkpoint, else null.')
+    parameters: dict[str, int] = Field(description="Parameter counts per component (clip, prior, ...).")
+    workers: int = Field(description="Live workers serving it.")
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelOut]
+
+
+async def live_models(request: Request) -> LiveModels:
+    return request.app.state.store.models
+
+
+Models = Annotated[LiveModels, Depends(live_models)]
+
+
+@router.get("", response_model=ModelList, summary="List the models the live workers serve", responses=ERRORS)
+async def list_models(models: Models, owner: Owner) -> ModelList:
+    """Empty until a worker has loaded its checkpoint; a worker that stops (or dies) drops out."""
+    return ModelList(data=[ModelOut(**model) for model in await models.models()])
+
+
+@router.get(
+    "/{model_id}",
+    response_model=ModelOut,
+    summary="Get one served model",
+    responses={**ERRORS, 404: {"model": OpenAIError, "description": "No live worker serves it."}},
+)
+async def get_model(
+    model_id: Annotated[str, Path(max_length=256)], models: Models, owner: Owner
+) -> ModelOut:
+    for model in await models.models():
+        if model["id"] == model_id:
+            return ModelOut(**model)
+    raise ApiError(
+        404, f"no live worker serves model {model_id!r}; GET /v1/models lists those served", param="model",
+        code="model_not_found",
+    )
