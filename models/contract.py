@@ -32,6 +32,14 @@ VARIATION_ETA = 1.0
 # A mask pixel at least this bright (after conversion to grey) is repainted (white = repaint); a threshold,
 # so that the faint noise of a JPEG-compressed or anti-aliased mask does not repaint the whole image.
 MASK_THRESHOLD = 128
+MAX_BEST_OF = 8
+SCORE_KEY = "clip_score"  # Image.info key of a reranked image's CLIP cosine to its prompt
+
+
+def candidate_seed(seed: int, candidate: int) -> int:
+    """The seed of candidate `candidate` of an item with `seed` under best_of: the item's own for the first
+    (best_of 1 changes nothing), else one drawn from both, whatever else is in the batch."""
+    return seed if candidate == 0 else (seed * 1_000_003 + candidate * 7_919) % 2**63
 
 
 def image_count(op: str, params: dict[str, Any]) -> int:
@@ -86,6 +94,9 @@ class Sampling:
     text_diff_strength: float = _setting(
         0.5, ("text_diff",), "how far the last frame goes toward the prompt (default: the checkpoint's)"
     )
+    # Generation only: candidates per image; the one whose CLIP image embedding is nearest the prompt's text
+    # embedding is kept (DALL·E's reranking). Candidate k of item i uses candidate_seed(seed + i, k).
+    best_of: int = _setting(1, ("generate",), "candidates per image; the one nearest the prompt is kept")
     # The upsamplers' steps are the checkpoint's: no job sets them.
     sr256_steps: int = _setting(7, ())
     sr1024_steps: int = _setting(7, ())
@@ -99,6 +110,8 @@ class Sampling:
         for name in ("prior_guidance", "decoder_guidance", "decoder_image_guidance", "inversion_guidance"):
             if getattr(self, name) is not None and not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
+        if not 1 <= self.best_of <= MAX_BEST_OF:
+            raise ValueError(f"best_of must be in 1..{MAX_BEST_OF}, got {self.best_of}")
         if not 0 < self.text_diff_strength <= 1:
             raise ValueError(f"text_diff_strength must be in (0, 1], got {self.text_diff_strength}")
 

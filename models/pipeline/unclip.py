@@ -28,7 +28,16 @@ from PIL import Image
 
 from models.checkpoint import UnCLIPModels, default_checkpoint, load_checkpoint
 from models.clip import TextEncoding
-from models.contract import DEFAULT_FRAMES, DEFAULT_LATENT, LATENTS, VARIATION_ETA, ProgressCallback, Sampling
+from models.contract import (
+    DEFAULT_FRAMES,
+    DEFAULT_LATENT,
+    LATENTS,
+    SCORE_KEY,
+    VARIATION_ETA,
+    ProgressCallback,
+    Sampling,
+    candidate_seed,
+)
 from models.diffusion import Clamp, GaussianDiffusion, clamp_images, gaussian_noise
 from models.pipeline.devices import resolve_device, resolve_dtype
 from models.pipeline.images import clip_pixels, images_to_tensor, known_regions, tensor_to_images
@@ -87,6 +96,8 @@ class UnCLIPPipeline:
         chosen = {name: value for name, value in overrides.items() if value is not None}
         sampling = dataclasses.replace(self.default_sampling, **chosen)
         self._check_size(sampling)
+        if sampling.best_of > 1 and self.models.clip.visual is None:
+            raise ValueError(NO_RANKING)
         return sampling
 
     def truncated(self, prompts: list[str]) -> list[bool]:
@@ -103,9 +114,29 @@ class UnCLIPPipeline:
         sampling: Sampling,
         progress: ProgressCallback | None = None,
     ) -> list[Image.Image]:
-        """Text → images: prior (2 candidates, guided) → guided decoder → upsamplers."""
+        """Text → images: prior (2 candidates, guided) → guided decoder → upsamplers.
+
+        With `sampling.best_of` k > 1, each item makes k images (candidate c seeded with
+        candidate_seed(seed, c)) and keeps the one whose CLIP image embedding is nearest its prompt's text
+        embedding; the kept image carries that cosine in `image.info[SCORE_KEY]`."""
         _same_length(prompts=prompts, seeds=seeds)
         self._check_size(sampling)
+        k = sampling.best_of
+        if k == 1:
+            return self._generate(prompts, seeds, sampling, progress)
+        if self.models.clip.visual is None:
+            raise ValueError(NO_RANKING)
+        candidates = self._generate(
+            [prompt for prompt in prompts for _ in range(k)],
+            [candidate_seed(seed, c) for seed in seeds for c in range(k)],
+            sampling,
+            progress,
+        )
+        return self._best(prompts, candidates, k)
+
+    def _generate(
+        self, prompts: list[str], seeds: list[int], sampling: Sampling, progress: ProgressCallback | None
+    ) -> list[Image.Image]:
         generators = item_generators(seeds, self.device)
         text = self._text(prompts)
         image_embed = self._prior(text, generators, sampling, progress)
@@ -115,6 +146,17 @@ class UnCLIPPipeline:
             condition, x_T, generators, sampling, progress, image_guidance=sampling.decoder_image_guidance
         )
         return tensor_to_images(self._upsample(x, generators, sampling, progress))
+
+    def _best(self, prompts: list[str], candidates: list[Image.Image], k: int) -> list[Image.Image]:
+        """Per prompt, of its k consecutive candidates the one nearest it in CLIP space, with its score."""
+        scores = clip_scores(self._text(prompts).embeds, self._image_embeds(candidates), k)
+        kept = []
+        for item, row in enumerate(scores.tolist()):
+            best = max(range(k), key=row.__getitem__)
+            image = candidates[item * k + best]
+            image.info[SCORE_KEY] = row[best]
+            kept.append(image)
+        return kept
 
     @torch.inference_mode()
     def variation(
@@ -388,6 +430,15 @@ class UnCLIPPipeline:
     def _check_size(self, sampling: Sampling) -> None:
         if sampling.size == 1024 and self.models.sr1024 is None:
             raise ValueError("this checkpoint has no 256→1024 upsampler: choose size 64 or 256")
+
+
+NO_RANKING = "best_of needs a CLIP image encoder to rank candidates; this checkpoint has none (use best_of 1)"
+
+
+def clip_scores(text_embeds: torch.Tensor, image_embeds: torch.Tensor, k: int) -> torch.Tensor:
+    """Cosines `[B, k]` of text embeddings `[B, E]` to image embeddings `[B * k, E]` (item-major)."""
+    images = F.normalize(image_embeds.float(), dim=-1).view(text_embeds.shape[0], k, -1)
+    return torch.einsum("be,bke->bk", F.normalize(text_embeds.float(), dim=-1), images)
 
 
 def _frame_rows(pair: Sequence[torch.Tensor], frames: int) -> tuple[torch.Tensor, ...]:

@@ -5,6 +5,7 @@ uvicorn service.gateway.app:create_app --factory      # settings from UNCLIP_* (
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -18,9 +19,11 @@ from service.gateway.errors import install_error_handlers
 from service.gateway.metrics import GatewayMetrics, RequestMetricsMiddleware
 from service.gateway.playground import playground_router
 from service.gateway.routes import images_openai, jobs, models, ops
+from service.gateway.routes.submission import job_view
 from service.gateway.store import JobStore
 from service.logs import configure_json_logging
 from service.settings import Settings, get_settings
+from service.webhooks.dispatcher import Dispatcher
 
 DESCRIPTION = """\
 Text-to-image generation with the unCLIP (DALL·E 2) stack: CLIP → diffusion prior → 64×64 decoder →
@@ -65,10 +68,25 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         raise RuntimeError("the gateway needs a Redis: set UNCLIP_REDIS_URL (or run `unclip serve`)")
     client = redis.asyncio.Redis.from_url(settings.redis_url)
     app.state.redis = client
-    app.state.store = JobStore(client, settings)
+    app.state.store = store = JobStore(client, settings)
+    dispatcher, task = None, None
+    if settings.webhook_secret:
+        base_url = (settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
+
+        async def render(job_id: str) -> bytes | None:
+            """A delivery's body: the job as GET /v1/jobs/{id} shows it now (None once it expired)."""
+            job = await store.get_any(job_id)
+            return job_view(job, base_url).model_dump_json().encode() if job else None
+
+        dispatcher = Dispatcher.from_settings(client, settings, render, app.state.metrics.registry)
+        task = asyncio.create_task(dispatcher.run())
     try:
         yield
     finally:
+        if task is not None and dispatcher is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await dispatcher.aclose()
         await client.aclose()
 
 

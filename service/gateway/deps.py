@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 
 from service.gateway.store import JobStore
 from service.settings import Settings
@@ -30,3 +30,17 @@ async def public_base_url(request: Request) -> str:
 
 
 BaseUrl = Annotated[str, Depends(public_base_url)]
+
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[!-~]+$",
+        description="Any printable ASCII string (a UUID, say). Within the result TTL, the same key and the "
+        "same request return the same job instead of a new one; the same key with another request is "
+        "refused. Keys are per API key.",
+    ),
+]

@@ -9,6 +9,7 @@ other route answers FastAPI's `{"detail": ...}`
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -81,11 +82,30 @@ def openai_error_response(
     return JSONResponse(body, status_code=status, headers=dict(headers or {}))
 
 
+def clarified(error: Mapping[str, Any]) -> dict[str, Any]:
+    """pydantic's error dict, with the messages that would puzzle a client (or show internals) rewritten."""
+    error = dict(error)
+    kind, msg = error.get("type", ""), str(error.get("msg", ""))
+    if kind == "json_invalid":
+        reason = (error.get("ctx") or {}).get("error", "")
+        error["loc"] = ("body",)
+        error["msg"] = f"the body is not valid JSON{f' ({reason})' if reason else ''}; send a JSON object"
+    elif kind == "missing" and tuple(error.get("loc", ())) == ("body",):
+        error["msg"] = "the body is empty; send a JSON object"
+    elif kind == "model_attributes_type" and tuple(error.get("loc", ())) == ("body",):
+        error["msg"] = "the body must be a JSON object (Content-Type: application/json)"
+    elif "Expected UploadFile" in msg:
+        field = str(error.get("loc", ("", "file"))[-1])
+        error["msg"] = "must be sent as a file (a multipart part with a filename), not as a text field"
+        error["loc"] = ("body", field)
+    return error
+
+
 def readable_validation_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
     """pydantic's error dicts without `input`, `ctx` and `url` (inputs may be megabytes of base64)."""
     return [
         {"loc": list(error.get("loc", ())), "msg": error.get("msg", ""), "type": error.get("type", "")}
-        for error in errors
+        for error in map(clarified, errors)
     ]
 
 
@@ -115,7 +135,7 @@ async def handle_image_error(request: Request, error: ImageError) -> JSONRespons
 
 
 async def handle_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-    errors = error.errors()
+    errors = [clarified(each) for each in error.errors()]
     if is_openai_route(request):
         message, param = describe_validation_error(errors[0]) if errors else ("invalid request", None)
         if len(errors) > 1:
@@ -124,8 +144,19 @@ async def handle_validation_error(request: Request, error: RequestValidationErro
     return JSONResponse({"detail": readable_validation_errors(errors)}, status_code=422)
 
 
+def allowed_methods(request: Request) -> str:
+    """Every method the API documents at this path (Starlette's 405 names only the first route's)."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi()["paths"].items():
+        if re.fullmatch(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)), request.url.path):
+            methods |= {method.upper() for method in operations}
+    return ", ".join(sorted(methods))
+
+
 async def handle_http_exception(request: Request, error: StarletteHTTPException) -> JSONResponse:
     headers = dict(error.headers or {})
+    if error.status_code == 405:
+        headers["Allow"] = allowed_methods(request)
     if is_openai_route(request):
         return openai_error_response(error.status_code, str(error.detail), headers=headers)
     return JSONResponse({"detail": error.detail}, status_code=error.status_code, headers=headers)
@@ -133,7 +164,10 @@ async def handle_http_exception(request: Request, error: StarletteHTTPException)
 
 async def handle_redis_down(request: Request, error: redis.exceptions.RedisError) -> JSONResponse:
     log.error("redis error", extra={"error": repr(error), "path": request.url.path})
-    message = "the job queue (Redis) is unavailable; retry shortly"
+    message = (
+        "the job queue (Redis) is unavailable; retry shortly (with an Idempotency-Key header, a retried "
+        "submission cannot make a second job)"
+    )
     return await handle_api_error(
         request, ApiError(503, message, code="queue_unavailable", headers={"Retry-After": "5"})
     )

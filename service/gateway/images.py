@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
+import re
 import warnings
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
 
+import anyio.to_thread
 from PIL import Image
 
 from service.jobs.codec import png_bytes
@@ -32,6 +37,22 @@ MAGIC_NUMBERS: dict[bytes, str] = {
     b"<?xml": "XML (SVG?)",
 }
 ACCEPTED_FORMATS = ("PNG", "JPEG")
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+OBJECT_REPR = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
+async def off_loop(function: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    """`function(*args, **kwargs)` in a worker thread: decoding a large image takes the CPU for a while,
+    and on the event loop it would stall every other request meanwhile."""
+    return await anyio.to_thread.run_sync(functools.partial(function, *args, **kwargs))
+
+
+def pillow_reason(error: BaseException) -> str:
+    """Pillow's message without the Python object reprs some carry (`<_io.BytesIO object at 0x…>`)."""
+    return OBJECT_REPR.sub("", str(error)).strip() or type(error).__name__
 
 
 class ImageError(ValueError):
@@ -84,7 +105,8 @@ def open_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
             field, f"has more than {max_pixels} pixels (the limit); send a smaller image"
         ) from None
     except (OSError, SyntaxError, ValueError) as error:
-        raise ImageError(field, f"is not a readable {found} ({error}); check the file") from None
+        reason = pillow_reason(error)
+        raise ImageError(field, f"is not a readable {found} ({reason}); check the file") from None
     width, height = image.size
     if width * height > max_pixels:
         raise ImageError(
@@ -97,7 +119,9 @@ def open_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
     try:
         image.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageError(field, f"is a damaged or truncated {found} ({error}); check the file") from None
+        raise ImageError(
+            field, f"is a damaged or truncated {found} ({pillow_reason(error)}); check the file"
+        ) from None
     return image
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.contract import (
     DEFAULT_FRAMES,
@@ -18,6 +18,7 @@ from models.contract import (
     DEFAULT_SOURCE_CAPTION,
     LATENTS,
     MASK_THRESHOLD,
+    MAX_BEST_OF,
     SIZES,
     VARIATION_ETA,
     image_count,
@@ -26,9 +27,23 @@ from service.jobs.states import JobStatus
 from service.settings import Settings
 
 Size = Literal[SIZES]
-SEED_MAX = 2**63 - 1
+SEED_MAX = 2**53 - 1  # the largest integer every JSON client (and schema validator) keeps exact
 IMAGE_FIELDS = ("image", "image_a", "image_b", "mask")
 
+INTEGER_FIELDS = ("seed", "n", "frames", "prior_steps", "decoder_steps", "best_of")
+
+
+def integral_floats_as_ints(data: Any) -> Any:
+    """2.0 → 2 in the integer fields: JSON (and JSON Schema's `integer`) does not tell 2.0 from 2. Strict
+    validation then refuses every other non-integer (true, "2", 2.5)."""
+    if not isinstance(data, dict):
+        return data
+
+    def integral(name: str, value: Any) -> Any:
+        whole = name in INTEGER_FIELDS and isinstance(value, float) and value.is_integer()
+        return int(value) if whole else value
+
+    return {name: integral(name, value) for name, value in data.items()}
 Base64Image = Annotated[
     str,
     Field(
@@ -41,10 +56,15 @@ ImageCount = Annotated[int, Field(ge=1, description="Images to make (at most UNC
 FrameCount = Annotated[int, Field(ge=2, description="Frames from start to end (at most UNCLIP_MAX_FRAMES).")]
 
 
+WebhookEvent = Literal["start", "progress", "completed"]
+
+
 class SamplingParams(BaseModel):
     """Fields every job body shares: output size, seed and optional sampler overrides (null = default)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # strict: a JSON false is no 0 and "2" no 2 (an integer still passes for a float)
+    model_config = ConfigDict(extra="forbid", strict=True)
+    _integral = model_validator(mode="before")(integral_floats_as_ints)
 
     size: Size = Field(1024, description="Output side in pixels; the stack stops at 64, 256 or 1024.")
     seed: int | None = Field(
@@ -58,6 +78,16 @@ class SamplingParams(BaseModel):
     prior_guidance: float | None = Field(None, ge=0, le=50, description="Classifier-free guidance, prior.")
     decoder_guidance: float | None = Field(
         None, ge=0, le=50, description="Classifier-free guidance, decoder."
+    )
+    webhook: str | None = Field(
+        None,
+        max_length=2048,
+        description="http(s) URL that gets the job (as GET /v1/jobs/{id} shows it) on its events, signed "
+        "per Standard Webhooks with UNCLIP_WEBHOOK_SECRET. Private, loopback and metadata addresses are "
+        "refused unless UNCLIP_WEBHOOK_ALLOW_HOSTS lists the host; 422 when the server has no secret.",
+    )
+    webhook_events: list[WebhookEvent] | None = Field(
+        None, min_length=1, max_length=3, description='Events to deliver; unset: ["completed"].'
     )
 
 
@@ -86,6 +116,14 @@ class GenerateRequest(SamplingParams):
         description="Decoder guidance of the prior's image embedding apart from the caption's, which "
         "keeps decoder_guidance. Unset: the checkpoint's default (3 for the shipped model; a checkpoint "
         "without one: decoder_guidance, plain classifier-free guidance).",
+    )
+    best_of: int = Field(
+        1,
+        ge=1,
+        le=MAX_BEST_OF,
+        description="Candidates made per image; the one whose CLIP image embedding is nearest the prompt's "
+        "is kept, and the job's `scores` give each kept image's cosine similarity. Candidate k of image i "
+        "has its own seed drawn from (seed + i, k), so an image does not depend on its batch.",
     )
 
 
@@ -183,7 +221,9 @@ def limit_errors(body: BaseModel, settings: Settings) -> list[dict[str, Any]]:
     return errors
 
 
+# 1x1 red, and a 1x1 white mask (all of it repainted)
 EXAMPLE_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
+EXAMPLE_MASK = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGP4DwABAQEAsTj2FAAAAABJRU5ErkJggg=="
 JOB_REQUEST_EXAMPLES: dict[str, dict[str, Any]] = {
     "generate": {
         "summary": "Text to images",
@@ -209,7 +249,7 @@ JOB_REQUEST_EXAMPLES: dict[str, dict[str, Any]] = {
     },
     "inpaint": {
         "summary": "Repaint the white area of a mask",
-        "value": {"op": "inpaint", "image": EXAMPLE_PNG, "mask": EXAMPLE_PNG, "prompt": "a blue square"},
+        "value": {"op": "inpaint", "image": EXAMPLE_PNG, "mask": EXAMPLE_MASK, "prompt": "a blue square"},
     },
 }
 
@@ -266,8 +306,19 @@ class JobOut(BaseModel):
     expected_images: int
     image_count: int = Field(description="Images stored so far.")
     images: list[str] = Field(description="Absolute URLs of the stored images, in order.")
+    scores: list[float] | None = Field(
+        None, description="With best_of > 1: each image's CLIP cosine similarity to the prompt, in order."
+    )
     url: str
     events_url: str
+
+
+class JobListOut(BaseModel):
+    """A page of the caller's jobs, newest first."""
+
+    data: list[JobOut]
+    has_more: bool = Field(description="More (older) jobs follow; ask again with `after=next_after`.")
+    next_after: str | None = Field(description="The last job's id on this page (null when it is empty).")
 
 
 class ErrorDetail(BaseModel):
@@ -285,6 +336,7 @@ class OpenAIGenerationRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="ignore",
+        strict=True,
         json_schema_extra={
             "examples": [
                 {
@@ -296,6 +348,8 @@ class OpenAIGenerationRequest(BaseModel):
             ]
         },
     )
+
+    _integral = model_validator(mode="before")(integral_floats_as_ints)
 
     prompt: Prompt
     n: ImageCount = 1

@@ -6,6 +6,7 @@ The layout is `service.jobs.layout`'s; every change goes through a `service.jobs
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import secrets
 import uuid
@@ -16,7 +17,16 @@ from typing import Any
 import redis.asyncio
 
 from service.gateway.live_models import LiveModels
-from service.jobs.layout import counts_key, decode_hash, events_channel, job_key, result_key, text
+from service.jobs.layout import (
+    counts_key,
+    decode_hash,
+    events_channel,
+    idempotency_key,
+    job_key,
+    owner_jobs_key,
+    result_key,
+    text,
+)
 from service.jobs.lua import CANCEL_LUA, SUBMIT_LUA
 from service.jobs.states import STATUSES, TERMINAL, JobStatus
 from service.settings import Settings
@@ -50,6 +60,7 @@ class Job:
     expected_images: int
     warnings: list[str] = field(default_factory=list)
     cancel_requested: bool = False  # a running job asked to stop; it turns `cancelled` at its next step
+    scores: list[float] | None = None  # best_of: each kept image's CLIP cosine to the prompt
 
 
 class Backlogged(Exception):
@@ -59,6 +70,20 @@ class Backlogged(Exception):
         super().__init__(f"{queued} jobs are queued; retry in {retry_after} s")
         self.queued = queued
         self.retry_after = retry_after
+
+
+class IdempotencyConflict(Exception):
+    """The idempotency key names a live job that was submitted with another request."""
+
+    def __init__(self, job_id: str):
+        super().__init__(f"the Idempotency-Key was used for job {job_id} with a different request")
+        self.job_id = job_id
+
+
+def request_fingerprint(op: str, params: Mapping[str, Any]) -> str:
+    """sha256 of the canonical request (op and params as submitted, before a seed is drawn)."""
+    canonical = json.dumps({"op": op, "params": params}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 class JobNotFound(LookupError):
@@ -81,6 +106,7 @@ def job_from_state(state: Mapping[str, str], params: dict[str, Any]) -> Job:
         error=state.get("error") or None, image_count=int(state.get("image_count", 0)),
         expected_images=int(state["expected_images"]), warnings=json.loads(state.get("warnings", "[]")),
         cancel_requested=bool(state.get("cancel_requested")),
+        scores=json.loads(state["scores"]) if state.get("scores") else None,
     )
 
 
@@ -94,22 +120,80 @@ class JobStore:
         self._cancel = redis.register_script(CANCEL_LUA)
         self.models = LiveModels(redis, settings)  # what the live workers serve (GET /v1/models, refusals)
 
-    async def submit(self, op: str, params: dict, owner: str, expected_images: int) -> Job:
-        """Queues a job; raises Backlogged when `backlog_limit` jobs are queued already."""
-        params = dict(params)
+    async def submit(
+        self,
+        op: str,
+        params: dict,
+        owner: str,
+        expected_images: int,
+        idempotency: str | None = None,
+        webhook: Mapping[str, str] | None = None,
+    ) -> Job:
+        """Queues a job; raises Backlogged when `backlog_limit` jobs are queued already.
+
+        With an `idempotency` key: while the key's job lives, the same request returns that job (no second
+        one, whoever races) and another request raises IdempotencyConflict. `webhook`: the checked
+        {"webhook", "webhook_events"} fields (service.webhooks.subscription), stored with the job."""
+        webhook = webhook or {}
+        request = {**params, **webhook}
+        fingerprint = request_fingerprint(op, request) if idempotency is not None else ""
+        submitted, params = params, dict(params)
         if params.get("seed") is None:
             params["seed"] = secrets.randbelow(SEED_BOUND)  # stored, so a retried job is reproducible
         job_id = uuid.uuid4().hex
         stream = self.settings.stream
-        accepted, value = await self._submit(
-            keys=[job_key(job_id), stream, counts_key(stream)],
-            args=[job_id, op, json.dumps(params), owner, expected_images, self.settings.backlog_limit],
+        outcome, value = await self._submit(
+            keys=[job_key(job_id), stream, counts_key(stream), idempotency_key(owner, idempotency or ""),
+                  owner_jobs_key(owner)],
+            args=[job_id, op, json.dumps(params), owner, expected_images, self.settings.backlog_limit,
+                  fingerprint, webhook.get("webhook", ""), webhook.get("webhook_events", "")],
         )
-        if not accepted:
+        if outcome == 0:
             raise Backlogged(int(value))
+        if outcome == 3:
+            raise IdempotencyConflict(text(value))
+        if outcome == 2:
+            existing = await self.get(text(value), owner)
+            if existing is not None:
+                return existing
+            # it expired between the script and this read: the key is free again
+            return await self.submit(op, submitted, owner, expected_images, idempotency, webhook)
         return Job(id=job_id, op=op, status="queued", params=params, owner=owner, created_at=float(value),
                    started_at=None, finished_at=None, progress=None, attempts=0, error=None, image_count=0,
                    expected_images=expected_images, warnings=[])
+
+    async def list(self, owner: str, limit: int, after: str | None = None) -> tuple[list[Job], bool]:
+        """The owner's jobs newest first, from just after job `after` (None: from the newest), at most
+        `limit`, and whether more follow. Raises JobNotFound when `after` is not in the owner's list.
+        Ids whose job expired are dropped from the list on the way."""
+        index = owner_jobs_key(owner)
+        start = 0
+        if after is not None:
+            rank = await self.redis.zrevrank(index, after)
+            if rank is None:
+                raise JobNotFound(after)
+            start = rank + 1
+        jobs: list[Job] = []
+        while len(jobs) <= limit:
+            ids = [text(i) for i in await self.redis.zrevrange(index, start, start + limit - len(jobs))]
+            if not ids:
+                break
+            start += len(ids)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.hgetall(job_key(job_id))
+                states = [decode_hash(raw) for raw in await pipe.execute()]
+            expired = [job_id for job_id, state in zip(ids, states, strict=True) if "status" not in state]
+            if expired:
+                await self.redis.zrem(index, *expired)
+                start -= len(expired)
+            jobs += [job_from_state(s, json.loads(s["params"])) for s in states if "status" in s]
+        return jobs[:limit], len(jobs) > limit
+
+    async def get_any(self, job_id: str) -> Job | None:
+        """The job whoever owns it (for the webhook dispatcher, which renders it for its own subscriber)."""
+        state = decode_hash(await self.redis.hgetall(job_key(job_id)))
+        return job_from_state(state, json.loads(state["params"])) if "status" in state else None
 
     async def get(self, job_id: str, owner: str) -> Job | None:
         """The job, or None when it is missing, expired or another owner's."""

@@ -12,6 +12,11 @@ Layout (DESIGN §4):
   checks, inside the same script that enqueues, so concurrent submitters cannot overshoot the limit.
 - `{stream}:dead` — a copy of every failed job (id, op, owner, attempts, error).
 - `result:{id}:{i}` — PNG bytes, same TTL.
+- `owner:{owner}:jobs` — sorted set job id → created_at, the owner's jobs for listing; written by the submit
+  script, capped at OWNER_JOBS_MAX (oldest dropped); ids whose hash expired are dropped when listed.
+- `idempotency:{owner}:{sha256(key)}` — hash {job, fingerprint (sha256 of the canonical request)}, written
+  by the submit script with the job (so one key makes one job) and expiring with it; the job's hash names
+  it in its `idempotency` field.
 - `job:{id}:events` — pub/sub channel; every change publishes the job's fields (without params) and its
   version, in the same script that makes the change.
 - `{stream}:workers` — set of the names of the workers that published a model card (below). A name whose
@@ -29,10 +34,12 @@ The client must return bytes (`decode_responses=False`, redis-py's default): res
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 
 GROUP = "workers"  # the stream's consumer group
 DEAD_LETTER_MAXLEN = 10_000
+OWNER_JOBS_MAX = 10_000  # newest jobs an owner's listing keeps
 
 
 def job_key(job_id: str) -> str:
@@ -45,6 +52,15 @@ def events_channel(job_id: str) -> str:
 
 def result_key(job_id: str, index: int) -> str:
     return f"result:{job_id}:{index}"
+
+
+def owner_jobs_key(owner: str) -> str:
+    return f"owner:{owner}:jobs"
+
+
+def idempotency_key(owner: str, key: str) -> str:
+    """Per owner, so two API keys never share one; hashed, so any header value makes a tidy key."""
+    return f"idempotency:{owner}:{hashlib.sha256(key.encode('utf-8')).hexdigest()}"
 
 
 def counts_key(stream: str) -> str:

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import json
 
-from service.jobs.layout import DEAD_LETTER_MAXLEN
+from service.jobs.layout import DEAD_LETTER_MAXLEN, OWNER_JOBS_MAX
 from service.jobs.states import TRANSITIONS
+from service.webhooks.outbox import WEBHOOK_LUA_HELPERS
 
 _ALLOWED_JSON = json.dumps({status: {to: True for to in moves} for status, moves in TRANSITIONS.items()})
 
 _HELPERS = """
 local STATE_FIELDS = {'id', 'op', 'owner', 'status', 'created_at', 'started_at', 'finished_at', 'progress',
-  'attempts', 'error', 'image_count', 'expected_images', 'warnings', 'cancel_requested', 'version'}
+  'attempts', 'error', 'image_count', 'expected_images', 'warnings', 'cancel_requested', 'version', 'scores'}
 
 local function now()
   local t = redis.call('TIME')
@@ -50,13 +51,31 @@ end
 local function terminate(key, counts, from, to, ttl)
   redis.call('HSET', key, 'status', to, 'finished_at', now())
   redis.call('EXPIRE', key, ttl)
+  -- its idempotency key (if any) lives as long as the job it names
+  local idempotency = redis.call('HGET', key, 'idempotency')
+  if idempotency then redis.call('EXPIRE', idempotency, ttl) end
   move_count(counts, from, to)
 end
-""".replace("ALLOWED_JSON", _ALLOWED_JSON)
 
-# KEYS: job, stream, counts. ARGV: id, op, params, owner, expected_images, backlog_limit.
-# Returns {1, created_at} or {0, queued}.
+local function job_id_of(key)
+  return string.sub(key, 5)  -- 'job:' .. id
+end
+""".replace("ALLOWED_JSON", _ALLOWED_JSON) + WEBHOOK_LUA_HELPERS
+
+# KEYS: job, stream, counts, idempotency key, owner's jobs (see layout).
+# ARGV: id, op, params, owner, expected_images, backlog_limit, request fingerprint ('' = no idempotency key),
+# webhook URL ('' = none), webhook events (comma-separated).
+# Returns {1, created_at} (queued) | {0, queued} (backlog full) | {2, job id} (the key's job, same request)
+# | {3, job id} (the key's job, another request). A key whose job expired is taken over by the new job.
 SUBMIT_LUA = _HELPERS + """
+local fingerprint = ARGV[7]
+if fingerprint ~= '' then
+  local f = redis.call('HMGET', KEYS[4], 'job', 'fingerprint')
+  if f[1] and redis.call('EXISTS', 'job:' .. f[1]) == 1 then
+    if f[2] == fingerprint then return {2, f[1]} end
+    return {3, f[1]}
+  end
+end
 local queued = tonumber(redis.call('HGET', KEYS[3], 'queued') or '0')
 if queued >= tonumber(ARGV[6]) then return {0, tostring(queued)} end
 local created_at = now()
@@ -64,9 +83,18 @@ local entry = redis.call('XADD', KEYS[2], '*', 'job', ARGV[1])
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'op', ARGV[2], 'params', ARGV[3], 'owner', ARGV[4],
   'status', 'queued', 'created_at', created_at, 'attempts', 0, 'image_count', 0,
   'expected_images', ARGV[5], 'warnings', '[]', 'entry', entry, 'version', 0)
+if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'webhook', ARGV[8], 'webhook_events', ARGV[9]) end
+if fingerprint ~= '' then
+  -- no TTL while the job lives: terminate() gives the key the job's own
+  redis.call('DEL', KEYS[4])
+  redis.call('HSET', KEYS[4], 'job', ARGV[1], 'fingerprint', fingerprint)
+  redis.call('HSET', KEYS[1], 'idempotency', KEYS[4])
+end
+redis.call('ZADD', KEYS[5], created_at, ARGV[1])
+redis.call('ZREMRANGEBYRANK', KEYS[5], 0, -OWNER_JOBS_MAX - 1)
 redis.call('HINCRBY', KEYS[3], 'queued', 1)
 return {1, created_at}
-"""
+""".replace("OWNER_JOBS_MAX", str(OWNER_JOBS_MAX))
 
 # KEYS: job, counts, stream. ARGV: owner, ttl. Returns the status the job has afterwards, or 'missing'.
 # Queued → cancelled at once (its stream entry deleted); running → flagged for the worker.
@@ -78,6 +106,7 @@ if f[2] == 'queued' then
   terminate(KEYS[1], KEYS[2], 'queued', 'cancelled', ARGV[2])
   if f[3] then redis.call('XDEL', KEYS[3], f[3]) end
   publish(KEYS[1])
+  webhook_notify(KEYS[1], job_id_of(KEYS[1]), 'completed', tonumber(ARGV[2]))
   return 'cancelled'
 end
 if f[2] == 'running' and not f[4] then
@@ -100,6 +129,7 @@ if status == 'running' then
   if f[3] then
     terminate(KEYS[1], KEYS[2], 'running', 'cancelled', ARGV[3])
     publish(KEYS[1])
+    webhook_notify(KEYS[1], job_id_of(KEYS[1]), 'completed', tonumber(ARGV[3]))
     return {'skip', 'cancelled'}
   end
   if attempts >= tonumber(ARGV[2]) then return {'exhausted', attempts} end
@@ -110,23 +140,26 @@ attempts = attempts + 1
 redis.call('HSET', KEYS[1], 'status', 'running', 'attempts', attempts, 'started_at', now(), 'worker', ARGV[1])
 redis.call('HDEL', KEYS[1], 'progress', 'error')
 publish(KEYS[1])
+webhook_notify(KEYS[1], job_id_of(KEYS[1]), 'start', tonumber(ARGV[3]))
 return {'run', attempts}
 """
 
-# KEYS: job. ARGV: progress JSON. Returns 1 when the job was asked to cancel, else 0.
+# KEYS: job. ARGV: progress JSON, ttl (of a webhook delivery). Returns 1 when the job was asked to cancel.
 PROGRESS_LUA = _HELPERS + """
 local f = redis.call('HMGET', KEYS[1], 'status', 'progress', 'cancel_requested')
 if f[1] ~= 'running' then return 1 end
 if f[2] ~= ARGV[1] then
   redis.call('HSET', KEYS[1], 'progress', ARGV[1])
   publish(KEYS[1])
+  webhook_notify(KEYS[1], job_id_of(KEYS[1]), 'progress', tonumber(ARGV[2]))
 end
 if f[3] then return 1 end
 return 0
 """
 
 # KEYS: job, counts, stream, dead-letter stream, result:{id}:0 .. result:{id}:{n-1}.
-# ARGV: group, entry ('' = none), status, error ('' = none), ttl, warnings JSON, PNG 0 .. PNG n-1.
+# ARGV: group, entry ('' = none), status, error ('' = none), ttl, warnings JSON, scores JSON ('' = none),
+# PNG 0 .. PNG n-1.
 # Always acknowledges and deletes the entry; writes the terminal state only if the job has none yet
 # (and may move there: a queued job can fail, but not succeed).
 # Returns 1 when this call ended the job, 0 when it had ended already (or expired).
@@ -138,11 +171,12 @@ end
 local f = redis.call('HMGET', KEYS[1], 'status', 'op', 'owner', 'attempts')
 if not f[1] or not allowed(f[1], ARGV[3]) then return 0 end
 local ttl = tonumber(ARGV[5])
-local images = #ARGV - 6
+local images = #ARGV - 7
 for i = 1, images do
-  redis.call('SET', KEYS[4 + i], ARGV[6 + i], 'EX', ttl)
+  redis.call('SET', KEYS[4 + i], ARGV[7 + i], 'EX', ttl)
 end
 redis.call('HSET', KEYS[1], 'image_count', images, 'warnings', ARGV[6])
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'scores', ARGV[7]) end
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[4]) end
 terminate(KEYS[1], KEYS[2], f[1], ARGV[3], ttl)
 if ARGV[3] == 'failed' then
@@ -150,6 +184,7 @@ if ARGV[3] == 'failed' then
     'op', f[2], 'owner', f[3], 'attempts', f[4] or '0', 'error', ARGV[4], 'failed_at', now())
 end
 publish(KEYS[1])
+webhook_notify(KEYS[1], job_id_of(KEYS[1]), 'completed', ttl)
 return 1
 """.replace("DEAD_LETTER_MAXLEN", str(DEAD_LETTER_MAXLEN))
 

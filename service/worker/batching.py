@@ -2,7 +2,8 @@
 
 Jobs are *compatible* when their keys are equal (`service.worker.executor.BatchKey`: the op, the resolved
 Sampling and the op's options). A batch is the oldest job plus the later compatible ones that fit in
-`max_images` images; the rest go back to the queue. Retries run alone.
+`max_images` images; the rest go back to the queue. Retries of a job that raised run alone; jobs taken over
+from a dead worker batch like fresh ones.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Candidate(Generic[T]):
-    """A job waiting for a batch: `key` tells compatible jobs apart; `solo` jobs run alone (retries, so
-    that a job that breaks its batch cannot take its batch-mates down with it every time)."""
+    """A job waiting for a batch: `key` tells compatible jobs apart; `solo` jobs run alone (retries after an
+    exception, so that a job that breaks its batch cannot take its batch-mates down with it every time;
+    not takeovers, whose worker died for reasons of its own)."""
 
     job: T
     key: Hashable

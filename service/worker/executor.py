@@ -13,6 +13,7 @@ a call is `service.worker.batching`'s policy.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -97,6 +98,8 @@ class Executor:
             items = self._items(op, params)
         except (KeyError, TypeError) as error:
             raise JobInputError(f"params lack or mistype {error}") from None
+        if key.sampling.best_of > 1:  # each image is best_of candidates: that is what a call carries
+            items = [dataclasses.replace(item, images=item.images * key.sampling.best_of) for item in items]
         return PreparedJob(key, items, self._warnings(params))
 
     def run(

@@ -3,11 +3,12 @@
     while not stop: claims = queue.claim(); batch, rest = first_batch(claims); release(rest); run(batch)
 
 A lease thread renews every entry the worker holds, so a long batch is not taken over; a worker that dies
-stops renewing and its jobs go to another worker after `lease_seconds`. A failed batch leaves its jobs
-running with the error noted and releases their entries for a retry (retries run alone), until the job's
-`max_attempts`-th attempt fails it for good (FINISH puts it on the dead-letter stream). Progress goes to
-Redis every step; a job whose cancel was asked is dropped from its batch, and a batch whose jobs all
-were cancelled stops at its next step. `stop` (SIGTERM) ends the loop after the current batch.
+stops renewing and its jobs go to another worker after `lease_seconds`, where they batch again. A failed
+batch leaves its jobs running with the error noted and releases their entries for a retry (a job whose
+attempt raised runs alone), until the job's `max_attempts`-th attempt fails it for good (FINISH puts it
+on the dead-letter stream). Progress goes to Redis every step; a job whose cancel was asked is dropped
+from its batch, and a batch whose jobs all were cancelled stops at its next step. `stop` (SIGTERM) ends
+the loop after the current batch.
 An op the checkpoint cannot run (`UnsupportedOperation`, e.g. no CLIP image encoder) fails its jobs at
 once with the reason: a retry would fail the same way. While it runs, the worker's model card (what it
 serves) is in Redis (`service.worker.card`), renewed with the leases and withdrawn when it stops.
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 import redis
 
 from models.capabilities import UnsupportedOperation
-from models.contract import image_count
+from models.contract import SCORE_KEY, image_count
 from service.jobs.codec import png_bytes
 from service.jobs.states import Terminal
 from service.settings import Settings
@@ -104,7 +105,9 @@ class Worker:
                 except JobInputError as error:
                     self._end(job, "failed", error=str(error))
                     continue
-                candidates.append(Candidate(job, key, image_count(job.op, job.params), solo=job.attempts > 0))
+                # a job whose attempt raised runs alone; one taken over from a dead worker batches again
+                images = image_count(job.op, job.params) * key.sampling.best_of  # candidates, with best_of
+                candidates.append(Candidate(job, key, images, solo=job.failed_before))
             batch, rest = first_batch(candidates, self.settings.max_batch_size)
             self._release([job.claim.entry for job in rest])
             return self.run_batch(batch)
@@ -141,13 +144,15 @@ class Worker:
             return len(running)
         encode_started = time.monotonic()
         results = [[png_bytes(image) for image in images] for images in outputs]
+        scores = [[image.info.get(SCORE_KEY) for image in images] for images in outputs]
         self.metrics.stage_seconds.labels("encode").observe(time.monotonic() - encode_started)
         finish_started = time.monotonic()
-        for r, pngs in zip(running, results, strict=True):
+        for r, pngs, job_scores in zip(running, results, scores, strict=True):
             if r.job.id in progress.stopped:
                 self._end(r.job, "cancelled")
             else:
-                self._end(r.job, "succeeded", images=pngs, warnings=r.prepared.warnings, attempt=r)
+                self._end(r.job, "succeeded", images=pngs, warnings=r.prepared.warnings, attempt=r,
+                          scores=job_scores if any(score is not None for score in job_scores) else None)
         self.metrics.stage_seconds.labels("finish").observe(time.monotonic() - finish_started)
         return len(running)
 
@@ -193,8 +198,9 @@ class Worker:
         error: str | None = None,
         warnings: Sequence[str] = (),
         attempt: RunningJob | None = None,
+        scores: Sequence[float | None] | None = None,
     ) -> None:
-        ended = self.queue.finish(job.id, job.claim.entry, status, images, error, warnings)
+        ended = self.queue.finish(job.id, job.claim.entry, status, images, error, warnings, scores)
         self.lease.discard([job.claim.entry])
         if ended:
             self.metrics.jobs.labels(job.op, status).inc()

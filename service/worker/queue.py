@@ -45,6 +45,7 @@ class QueuedJob:
     params: dict[str, Any]
     status: str
     attempts: int  # attempts made so far; > 0 means this delivery is a retry or a takeover
+    failed_before: bool = False  # its last attempt raised (a retry), rather than lost its worker (a takeover)
 
     @property
     def id(self) -> str:
@@ -127,13 +128,14 @@ class WorkerQueue:
         """The job behind a claim; None when it is gone (deleted entry, expired hash)."""
         if claim.job_id is None:
             return None
-        names = ("op", "params", "status", "attempts")
+        names = ("op", "params", "status", "attempts", "error")
         values = self.redis.hmget(job_key(claim.job_id), *names)
         fields = {name: text(value) for name, value in zip(names, values, strict=True) if value is not None}
         if not fields.get("status") or not fields.get("params"):
             return None
         return QueuedJob(claim=claim, op=fields["op"], params=json.loads(fields["params"]),
-                         status=fields["status"], attempts=int(fields.get("attempts") or 0))
+                         status=fields["status"], attempts=int(fields.get("attempts") or 0),
+                         failed_before=fields["status"] == "running" and bool(fields.get("error")))
 
     def start(self, job_id: str) -> tuple[StartOutcome, str]:
         """queued/running → running (attempts + 1). Returns ("run", attempts), ("skip", status),
@@ -155,7 +157,8 @@ class WorkerQueue:
         value = json.dumps({"stage": stage, "step": step, "total": total})
         with self.redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
-                self._progress(keys=[job_key(job_id)], args=[value], client=pipe)
+                ttl = self.settings.result_ttl_seconds  # of a webhook delivery it enqueues
+                self._progress(keys=[job_key(job_id)], args=[value, ttl], client=pipe)
             return [bool(int(stop)) for stop in pipe.execute()]
 
     def note_error(self, job_id: str, error: str) -> None:
@@ -169,13 +172,14 @@ class WorkerQueue:
         images: Sequence[bytes] = (),
         error: str | None = None,
         warnings: Sequence[str] = (),
+        scores: Sequence[float | None] | None = None,
     ) -> bool:
         """Ends the job (results, TTL, dead letter when failed) and acknowledges its entry. False when
-        it had ended already (a cancel or another worker got there first)."""
+        it had ended already (a cancel or another worker got there first). `scores`: best_of's, per image."""
         keys = [job_key(job_id), counts_key(self.stream), self.stream, dead_letter_key(self.stream)]
         keys += [result_key(job_id, index) for index in range(len(images))]
         args = [GROUP, entry or "", status, error or "", self.settings.result_ttl_seconds,
-                json.dumps(list(warnings)), *images]
+                json.dumps(list(warnings)), json.dumps(list(scores)) if scores is not None else "", *images]
         return bool(int(self._finish(keys=keys, args=args)))
 
     def acknowledge(self, entry: str) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from PIL import Image
 
-from models.contract import DEFAULT_FRAMES, DEFAULT_LATENT, Sampling
+from models.contract import DEFAULT_FRAMES, DEFAULT_LATENT, SCORE_KEY, Sampling
 from service.settings import Settings
 from tests.service.worker.worker_fixtures import FakePipeline, worker_thread
 
@@ -30,8 +30,13 @@ class GatewayPipeline(FakePipeline):
         self._sample(op, seeds, sampling, texts, progress, stages=(("decoder", images),))
 
     def generate(self, prompts, seeds, sampling, progress=None):
+        """With best_of > 1 each image carries a score as the real pipeline's do: here seed / 1000."""
         self._run("generate", seeds, sampling, prompts, progress, len(seeds))
-        return [Image.new("RGB", (sampling.size,) * 2, (seed % 256, 0, 0)) for seed in seeds]
+        images = [Image.new("RGB", (sampling.size,) * 2, (seed % 256, 0, 0)) for seed in seeds]
+        if sampling.best_of > 1:
+            for image, seed in zip(images, seeds, strict=True):
+                image.info[SCORE_KEY] = seed / 1000
+        return images
 
     def variation(self, images, seeds, sampling, eta=0.5, progress=None):
         self._run("variation", seeds, sampling, [], progress, len(seeds))

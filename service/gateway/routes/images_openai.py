@@ -9,10 +9,14 @@ no mask is sent, are repainted.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
-from typing import Annotated, Any
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
 
+import redis.exceptions
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.exceptions import RequestValidationError
 from PIL import Image
@@ -20,7 +24,7 @@ from pydantic import BaseModel, ValidationError
 
 from service.gateway import images
 from service.gateway.auth import Owner
-from service.gateway.deps import AppSettings, BaseUrl, Store
+from service.gateway.deps import AppSettings, BaseUrl, IdempotencyKey, Store
 from service.gateway.errors import ApiError
 from service.gateway.routes.submission import image_url, submit_body
 from service.gateway.schemas import (
@@ -45,7 +49,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": OpenAIError, "description": "Missing or unknown API key."},
     413: {"model": OpenAIError, "description": "Request body over UNCLIP_MAX_BODY_BYTES."},
     429: {"model": OpenAIError, "description": "The queue is full; see the Retry-After header."},
-    500: {"model": OpenAIError, "description": "The job failed."},
+    409: {"model": OpenAIError, "description": "The job was cancelled (x-should-retry: false)."},
+    500: {"model": OpenAIError, "description": "The job failed (x-should-retry: false)."},
+    503: {
+        "model": OpenAIError,
+        "description": "Redis was unreachable for longer than the wait. With x-should-retry: false, a job "
+        "may exist (the message names it when known): poll it, or resend with an Idempotency-Key.",
+    },
     504: {"model": OpenAIError, "description": "The job did not finish within UNCLIP_SYNC_TIMEOUT_SECONDS."},
     # Also keeps FastAPI from documenting its 422: validation errors are 400 here, as in OpenAI's API.
     "default": {"model": OpenAIError, "description": "Any other error, in the same shape."},
@@ -73,11 +83,14 @@ async def create_images(
     store: Store,
     settings: AppSettings,
     base_url: BaseUrl,
+    idempotency_key: IdempotencyKey = None,
 ) -> OpenAIImagesResponse:
     request = validated(
         GenerateRequest, op="generate", prompt=body.prompt, n=body.n, size=PIPELINE_SIZE[body.size]
     )
-    return await run_to_completion(store, request, owner, settings, base_url, body.size, body.response_format)
+    return await run_to_completion(
+        store, request, owner, settings, base_url, body.size, body.response_format, idempotency_key
+    )
 
 
 @router.post(
@@ -94,31 +107,46 @@ async def edit_image(
     store: Store,
     settings: AppSettings,
     base_url: BaseUrl,
-    mask: Annotated[UploadFile | None, File(description="Alpha-0 pixels mark the area to repaint.")] = None,
+    # Not `UploadFile | None`: the spec would then offer a JSON null, which a multipart form cannot carry.
+    mask: Annotated[UploadFile, File(description="Alpha-0 pixels mark the area to repaint.")] = None,  # type: ignore[assignment]
     n: ImageCountForm = 1,
     size: SizeForm = "1024x1024",
     response_format: FormatForm = "url",
     model: IgnoredForm = None,
     user: IgnoredForm = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> OpenAIImagesResponse:
     """Without a mask the image must have an alpha channel; its fully transparent pixels are repainted."""
-    picture = await uploaded_image(image, "image", settings)
-    if mask is not None:
-        mask_picture = await uploaded_image(mask, "mask", settings)
+    image_bytes = await uploaded_bytes(image, "image")
+    mask_bytes = await uploaded_bytes(mask, "mask") if mask is not None else None
+    request = await images.off_loop(
+        edit_request, image_bytes, mask_bytes, prompt, n, PIPELINE_SIZE[size], settings.max_image_pixels
+    )
+    return await run_to_completion(
+        store, request, owner, settings, base_url, size, response_format, idempotency_key
+    )
+
+
+def edit_request(
+    image_bytes: bytes, mask_bytes: bytes | None, prompt: str, n: int, size: int, max_pixels: int
+) -> BaseModel:
+    """The native inpaint body of an edit (decodes and checks the images: run it off the event loop)."""
+    picture = images.open_image(image_bytes, "image", max_pixels)
+    if mask_bytes is not None:
+        mask_picture = images.open_image(mask_bytes, "mask", max_pixels)
         images.check_same_size(picture, mask_picture)
         repaint = alpha_repaint_mask(mask_picture, "mask")
     else:
         repaint = alpha_repaint_mask(picture, "image")
-    request = validated(
+    return validated(
         InpaintRequest,
         op="inpaint",
         image=png_base64(images.as_rgb(picture)),
         mask=png_base64(repaint),
         prompt=prompt,
         n=n,
-        size=PIPELINE_SIZE[size],
+        size=size,
     )
-    return await run_to_completion(store, request, owner, settings, base_url, size, response_format)
 
 
 @router.post(
@@ -139,16 +167,23 @@ async def create_variations(
     response_format: FormatForm = "url",
     model: IgnoredForm = None,
     user: IgnoredForm = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> OpenAIImagesResponse:
-    picture = await uploaded_image(image, "image", settings)
-    request = validated(
-        VariationRequest,
-        op="variation",
-        image=png_base64(images.as_rgb(picture)),
-        n=n,
-        size=PIPELINE_SIZE[size],
+    image_bytes = await uploaded_bytes(image, "image")
+    request = await images.off_loop(
+        variation_request, image_bytes, n, PIPELINE_SIZE[size], settings.max_image_pixels
     )
-    return await run_to_completion(store, request, owner, settings, base_url, size, response_format)
+    return await run_to_completion(
+        store, request, owner, settings, base_url, size, response_format, idempotency_key
+    )
+
+
+def variation_request(image_bytes: bytes, n: int, size: int, max_pixels: int) -> BaseModel:
+    """The native variation body (decodes and checks the image: run it off the event loop)."""
+    picture = images.open_image(image_bytes, "image", max_pixels)
+    return validated(
+        VariationRequest, op="variation", image=png_base64(images.as_rgb(picture)), n=n, size=size
+    )
 
 
 def validated(model: type[BaseModel], **fields: Any) -> BaseModel:
@@ -159,8 +194,8 @@ def validated(model: type[BaseModel], **fields: Any) -> BaseModel:
         raise RequestValidationError(error.errors()) from None
 
 
-async def uploaded_image(upload: UploadFile, field: str, settings: Settings) -> Image.Image:
-    return images.open_image(await upload.read(), field, settings.max_image_pixels)
+async def uploaded_bytes(upload: UploadFile, field: str) -> bytes:
+    return await upload.read()
 
 
 def alpha_repaint_mask(picture: Image.Image, field: str) -> Image.Image:
@@ -184,9 +219,40 @@ async def run_to_completion(
     base_url: str,
     size: str,
     response_format: str,
+    idempotency: str | None = None,
 ) -> OpenAIImagesResponse:
-    job = await submit_body(store, request, owner, settings)
-    job = await finished(store, job, owner, settings.sync_timeout_seconds)
+    """Submits, waits, answers. Redis outages within the sync timeout are ridden out: the submit is retried
+    under one idempotency key (the client's, or one made here), so it makes one job at most, and once
+    the job is queued every failure says `x-should-retry: false` and names the job."""
+    deadline = asyncio.get_running_loop().time() + settings.sync_timeout_seconds
+    key = idempotency or f"openai-request:{uuid.uuid4().hex}"
+    try:
+        job = await retrying(lambda: submit_body(store, request, owner, settings, key), deadline)
+    except REDIS_DOWN:
+        if idempotency:
+            raise  # a 503 the client may retry: its key keeps the retry from making a second job
+        raise ApiError(
+            503,
+            "the job queue (Redis) is unavailable and the job may or may not have been queued; send an "
+            "Idempotency-Key header to make a retry safe",
+            code="queue_unavailable",
+            headers={"X-Should-Retry": "false"},
+        ) from None
+    try:
+        job = await finished(store, job, owner, deadline, settings.sync_timeout_seconds)
+        return await response_for(store, job, owner, base_url, size, response_format, deadline)
+    except REDIS_DOWN:
+        raise ended_badly(
+            503,
+            f"the job queue (Redis) became unavailable while job {job.id} was under way; do not resubmit: "
+            f"poll GET /v1/jobs/{job.id} for it",
+            "queue_unavailable",
+        ) from None
+
+
+async def response_for(
+    store: JobStore, job: Job, owner: str, base_url: str, size: str, response_format: str, deadline: float
+) -> OpenAIImagesResponse:
     delivered = DELIVERED_SIZE[size]
     data = []
     for index in range(job.image_count):
@@ -194,37 +260,60 @@ async def run_to_completion(
             query = f"?size={delivered}" if delivered != PIPELINE_SIZE[size] else ""
             data.append(OpenAIImage(url=image_url(base_url, job.id, index) + query))
             continue
-        png = await store.image(job.id, index, owner)
+        png = await retrying(lambda index=index: store.image(job.id, index, owner), deadline)
         if png is None:
-            raise ApiError(
-                500, f"image {index} of job {job.id} is missing from the store", code="missing_image"
+            raise ended_badly(
+                500, f"image {index} of job {job.id} is missing from the store", "missing_image"
             )
         if delivered != PIPELINE_SIZE[size]:
-            png = images.downscale(png, delivered)
+            png = await images.off_loop(images.downscale, png, delivered)
         data.append(OpenAIImage(b64_json=base64.b64encode(png).decode("ascii")))
     return OpenAIImagesResponse(created=int(job.finished_at or time.time()), data=data, size=size)
 
 
-async def finished(store: JobStore, job: Job, owner: str, timeout: float) -> Job:
+REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+RETRY_FIRST_DELAY_SECONDS = 0.1
+RETRY_MAX_DELAY_SECONDS = 2.0
+T = TypeVar("T")
+
+
+async def retrying(call: Callable[[], Awaitable[T]], deadline: float) -> T:
+    """`call()`, again after a Redis outage (exponential backoff) until `deadline` (loop time), when the
+    outage's error is raised."""
+    loop = asyncio.get_running_loop()
+    delay = RETRY_FIRST_DELAY_SECONDS
+    while True:
+        try:
+            return await call()
+        except REDIS_DOWN:
+            if loop.time() + delay > deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_DELAY_SECONDS)
+
+
+async def finished(store: JobStore, job: Job, owner: str, deadline: float, timeout: float) -> Job:
     """The job once it succeeded; its failure, cancellation or the timeout as an API error. Those errors
     carry `x-should-retry: false`: the job has run (or is running) already, and the openai client would
     otherwise resubmit it on a 409 or 5xx."""
+    loop = asyncio.get_running_loop()
+    job_id = job.id
     try:
-        job = await store.wait(job.id, owner, timeout)
+        job = await retrying(lambda: store.wait(job_id, owner, max(0.0, deadline - loop.time())), deadline)
     except TimeoutError:
-        job = await store.get(job.id, owner) or job
+        job = await retrying(lambda: store.get(job_id, owner), deadline) or job
     except JobNotFound:
-        raise ended_badly(500, f"job {job.id} vanished from the queue before it ended", "job_lost") from None
+        raise ended_badly(500, f"job {job_id} vanished from the queue before it ended", "job_lost") from None
     if job.status == "succeeded":
         return job
     if job.status == "failed":
-        raise ended_badly(500, f"the job failed: {job.error or 'unknown error'}", "job_failed")
+        raise ended_badly(500, f"job {job_id} failed: {job.error or 'unknown error'}", "job_failed")
     if job.status == "cancelled":
-        raise ended_badly(409, f"job {job.id} was cancelled", "job_cancelled")
+        raise ended_badly(409, f"job {job_id} was cancelled", "job_cancelled")
     raise ended_badly(
         504,
-        f"job {job.id} did not finish within {timeout:g} s (it is {job.status}); "
-        f"poll GET /v1/jobs/{job.id} for it",
+        f"job {job_id} did not finish within {timeout:g} s (it is {job.status}); "
+        f"poll GET /v1/jobs/{job_id} for it",
         "timeout",
     )
 

@@ -10,19 +10,22 @@ from fastapi.responses import StreamingResponse
 
 from service.gateway import images
 from service.gateway.auth import Owner
-from service.gateway.deps import AppSettings, BaseUrl, Store
+from service.gateway.deps import AppSettings, BaseUrl, IdempotencyKey, Store
 from service.gateway.errors import ApiError
 from service.gateway.routes.submission import job_view, owned_job, submit_body
-from service.gateway.schemas import JOB_REQUEST_EXAMPLES, ErrorDetail, JobOut, JobRequest
-from service.gateway.store import Job
+from service.gateway.schemas import JOB_REQUEST_EXAMPLES, ErrorDetail, JobListOut, JobOut, JobRequest
+from service.gateway.store import Job, JobNotFound
 from service.jobs.states import TERMINAL
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 JobId = Annotated[str, Path(description="The id from the job's `id` field.", max_length=128)]
+UNAVAILABLE = {503: {"model": ErrorDetail, "description": "Redis is unreachable; retry (see Retry-After)."}}
 ERRORS = {
     401: {"model": ErrorDetail, "description": "Missing or unknown API key."},
     404: {"model": ErrorDetail, "description": "No such job for this API key."},
+    422: {"model": ErrorDetail, "description": "A path or query parameter out of range."},
+    **UNAVAILABLE,
 }
 SSE_EXAMPLE = (
     'event: progress\ndata: {"id": "…", "status": "running", "progress": {"stage": "decoder", "step": 3, '
@@ -37,10 +40,18 @@ SSE_EXAMPLE = (
     response_model=JobOut,
     summary="Submit a job",
     responses={
-        **ERRORS,
+        401: ERRORS[401],
         413: {"model": ErrorDetail, "description": "Request body over UNCLIP_MAX_BODY_BYTES."},
-        422: {"model": ErrorDetail, "description": "A field out of range, or an image that cannot be used."},
+        422: {
+            "model": ErrorDetail,
+            "description": "A body that is not a JSON object, a field out of range, an image that cannot be "
+            "used, or an Idempotency-Key already used with another request.",
+        },
         429: {"model": ErrorDetail, "description": "The queue is full; see the Retry-After header."},
+        503: {
+            "model": ErrorDetail,
+            "description": "Redis is unreachable; retry with the same Idempotency-Key to be sure of one job.",
+        },
     },
 )
 async def submit_job(
@@ -50,13 +61,52 @@ async def submit_job(
     settings: AppSettings,
     base_url: BaseUrl,
     response: Response,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobOut:
     """Queue one of five operations, told apart by `op`. Images travel as base64 PNG/JPEG. Answers at
-    once with the queued job and a `Location` header; poll it, or stream `/events`."""
-    job = await submit_body(store, body, owner, settings)
+    once with the queued job and a `Location` header; poll it, or stream `/events`. With an
+    `Idempotency-Key`, a retry of the same request answers the job the first one made."""
+    job = await submit_body(store, body, owner, settings, idempotency_key)
     view = job_view(job, base_url)
     response.headers["Location"] = view.url
     return view
+
+
+@router.get(
+    "",
+    response_model=JobListOut,
+    summary="List your jobs",
+    responses={
+        401: ERRORS[401],
+        404: {"model": ErrorDetail, "description": "`after` names no job of this API key (or it expired)."},
+        422: {"model": ErrorDetail, "description": "`limit` or `after` out of range."},
+        **UNAVAILABLE,
+    },
+)
+async def list_jobs(
+    owner: Owner,
+    store: Store,
+    base_url: BaseUrl,
+    limit: Annotated[int, Query(ge=1, le=100, description="Jobs per page.")] = 20,
+    after: Annotated[
+        str | None, Query(max_length=128, description="`next_after` of the previous page: the jobs after it.")
+    ] = None,
+) -> JobListOut:
+    """The jobs of your API key, newest first, until they expire (UNCLIP_RESULT_TTL_SECONDS after they
+    end). Other keys' jobs never show."""
+    try:
+        jobs, has_more = await store.list(owner, limit, after)
+    except JobNotFound:
+        raise ApiError(
+            404,
+            f"after: no job {after!r} in your list (it may have expired); start again without `after`",
+            code="unknown_cursor",
+        ) from None
+    return JobListOut(
+        data=[job_view(job, base_url) for job in jobs],
+        has_more=has_more,
+        next_after=jobs[-1].id if jobs else None,
+    )
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="Get a job", responses=ERRORS)
@@ -89,7 +139,7 @@ async def get_image(
     if png is None:
         raise missing_image(job, index)
     if size is not None:
-        png = images.downscale(png, size, field="size")
+        png = await images.off_loop(images.downscale, png, size, field="size")
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
 
 

@@ -17,6 +17,7 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": OpenAIError, "description": "Missing or unknown API key."},
+    503: {"model": OpenAIError, "description": "Redis is unreachable."},
 }
 
 
@@ -55,7 +56,11 @@ async def list_models(models: Models, owner: Owner) -> ModelList:
     "/{model_id}",
     response_model=ModelOut,
     summary="Get one served model",
-    responses={**ERRORS, 404: {"model": OpenAIError, "description": "No live worker serves it."}},
+    responses={
+        **ERRORS,
+        400: {"model": OpenAIError, "description": "A model id over 256 characters."},
+        404: {"model": OpenAIError, "description": "No live worker serves it."},
+    },
 )
 async def get_model(
     model_id: Annotated[str, Path(max_length=256)], models: Models, owner: Owner

@@ -27,7 +27,7 @@ async def healthz() -> dict[str, str]:
         503: {
             "description": "Redis is unreachable.",
             "content": {
-                "application/json": {"example": {"status": "unavailable", "redis": "ConnectionError(...)"}}
+                "application/json": {"example": {"status": "unavailable", "redis": "ConnectionError: ..."}}
             },
         }
     },
@@ -37,7 +37,8 @@ async def readyz(request: Request) -> JSONResponse:
         async with asyncio.timeout(READY_TIMEOUT_SECONDS):
             await request.app.state.redis.ping()
     except (redis.exceptions.RedisError, OSError, TimeoutError) as error:
-        return JSONResponse({"status": "unavailable", "redis": repr(error)}, status_code=503)
+        reason = f"{type(error).__name__}: {error}"
+        return JSONResponse({"status": "unavailable", "redis": reason}, status_code=503)
     return JSONResponse({"status": "ok", "redis": "ok"})
 
 

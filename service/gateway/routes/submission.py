@@ -25,9 +25,11 @@ from service.gateway.schemas import (
     expected_images,
     limit_errors,
 )
-from service.gateway.store import Backlogged, Job, JobStore
+from service.gateway.store import Backlogged, IdempotencyConflict, Job, JobStore
 from service.jobs.codec import png_base64
 from service.settings import Settings
+from service.webhooks.address_guard import AddressGuard
+from service.webhooks.subscription import WebhookRequestError, check_subscription
 
 log = logging.getLogger("service.api")
 
@@ -37,7 +39,7 @@ def job_params(body: BaseModel, settings: Settings) -> dict[str, Any]:
     errors = limit_errors(body, settings)
     if errors:
         raise RequestValidationError(errors)
-    params = body.model_dump(exclude={"op"})
+    params = body.model_dump(exclude={"op", "webhook", "webhook_events"})
     decoded: dict[str, Image.Image] = {}
     for field in IMAGE_FIELDS:
         if field in params and field != "mask":
@@ -52,15 +54,23 @@ def job_params(body: BaseModel, settings: Settings) -> dict[str, Any]:
     return params
 
 
-async def submit(store: JobStore, op: str, params: dict[str, Any], owner: str, expected: int) -> Job:
-    """Queues a job; 422 when no live worker can run it (op or size), 429 with Retry-After when the backlog
-    is full."""
+async def submit(
+    store: JobStore,
+    op: str,
+    params: dict[str, Any],
+    owner: str,
+    expected: int,
+    idempotency: str | None = None,
+    webhook: dict[str, str] | None = None,
+) -> Job:
+    """Queues a job (or finds the one `idempotency` names); 422 when no live worker can run it (op or size)
+    or the key was used with another request, 429 with Retry-After when the backlog is full."""
     refusal = await store.models.refusal(op, params.get("size"))
     if refusal is not None:
         message, field = refusal
         raise ApiError(422, message, param=field, code=f"unsupported_{field}")
     try:
-        job = await store.submit(op, params, owner, expected)
+        job = await store.submit(op, params, owner, expected, idempotency, webhook)
     except Backlogged as full:
         retry_after = max(1, int(full.retry_after))
         raise ApiError(
@@ -69,12 +79,44 @@ async def submit(store: JobStore, op: str, params: dict[str, Any], owner: str, e
             code="queue_full",
             headers={"Retry-After": str(retry_after)},
         ) from None
+    except IdempotencyConflict as conflict:
+        raise ApiError(
+            422,
+            f"this Idempotency-Key was used for job {conflict.job_id} with a different request; send the "
+            "same request again, or use a new key for a new job",
+            code="idempotency_key_reused",
+        ) from None
     log.info("job submitted", extra={"job_id": job.id, "op": op, "expected_images": expected})
     return job
 
 
-async def submit_body(store: JobStore, body: BaseModel, owner: str, settings: Settings) -> Job:
-    return await submit(store, body.op, job_params(body, settings), owner, expected_images(body))
+async def submit_body(
+    store: JobStore,
+    body: BaseModel,
+    owner: str,
+    settings: Settings,
+    idempotency: str | None = None,
+    guard: AddressGuard | None = None,
+) -> Job:
+    webhook = await webhook_fields(body, settings, guard)
+    params = await images.off_loop(job_params, body, settings)  # decodes and re-encodes the images
+    return await submit(store, body.op, params, owner, expected_images(body), idempotency, webhook)
+
+
+async def webhook_fields(
+    body: BaseModel, settings: Settings, guard: AddressGuard | None
+) -> dict[str, str] | None:
+    """The job-hash fields of the body's webhook, checked (422 saying why when refused); None without one."""
+    url = getattr(body, "webhook", None)
+    if url is None:
+        return None
+    try:
+        return await check_subscription(
+            url, body.webhook_events, settings.webhook_secret is not None,
+            guard or AddressGuard(settings.webhook_allow_hosts),
+        )
+    except WebhookRequestError as error:
+        raise ApiError(422, str(error), param="webhook", code="invalid_webhook") from None
 
 
 async def owned_job(store: JobStore, job_id: str, owner: str) -> Job:
@@ -111,6 +153,7 @@ def job_view(job: Job, base_url: str) -> JobOut:
         expected_images=job.expected_images,
         image_count=job.image_count,
         images=[image_url(base_url, job.id, index) for index in range(job.image_count)],
+        scores=job.scores,
         url=f"{base_url}/v1/jobs/{job.id}",
         events_url=f"{base_url}/v1/jobs/{job.id}/events",
     )

@@ -195,6 +195,10 @@ function readBody(op) {
   for (const control of form.elements) {
     if (!control.name || control.name === "op" || control.matches(":disabled")) continue;
     if (control.type === "radio" && !control.checked) continue;
+    if (control.type === "checkbox") { // a list field (webhook_events): the ticked values
+      if (control.checked) (body[control.name] ??= []).push(control.value);
+      continue;
+    }
     const value = control.value.trim();
     if (value === "") continue; // unset: the server's default
     if (control.name === "seed") body.seed = exactInteger(value);

@@ -256,3 +256,22 @@ def test_events_stream_progress_in_order_then_the_final_status(redis_url):
     assert steps == sorted(steps) and steps[-1] == 3
     assert [name for name, _ in read_events(replay)] == ["status"]
 
+
+
+def test_best_of_reports_a_score_per_image(gateway_and_worker):
+    client, _ = gateway_and_worker
+    body = {"op": "generate", "prompt": "a red circle", "n": 2, "size": 64, "seed": 40, "best_of": 3}
+    response = client.post("/v1/jobs", json=body)
+    assert response.status_code == 202, response.text
+    done = wait_for_job(client, response.json()["url"])
+    assert done["status"] == "succeeded" and done["params"]["best_of"] == 3
+    assert done["scores"] == [0.04, 0.041]  # the fake pipeline scores seed / 1000; items 40 and 41
+    plain = wait_for_job(client, client.post("/v1/jobs", json={**body, "best_of": 1}).json()["url"])
+    assert plain["scores"] is None
+
+
+@pytest.mark.parametrize("best_of", [0, 9, 2.5, True])
+def test_best_of_out_of_range_is_422(idle_gateway, best_of):
+    response = idle_gateway.post("/v1/jobs", json={"op": "generate", "prompt": "x", "best_of": best_of})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"][-1] == "best_of"

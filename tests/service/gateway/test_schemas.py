@@ -11,9 +11,10 @@ import pytest
 from models.contract import OPS, Sampling
 from service.gateway.schemas import JobBody
 
-# What a job body holds besides sampling settings: the op, its inputs, the seed and the op's own options.
+# What a job body holds besides sampling settings: the op, its inputs, the seed, the op's own options and
+# its webhook.
 NOT_SAMPLING = {"op", "seed", "prompt", "source_caption", "n", "frames", "image", "image_a", "image_b",
-                "mask", "eta", "latent"}
+                "mask", "eta", "latent", "webhook", "webhook_events"}
 BODIES = {get_args(body.model_fields["op"].annotation)[0]: body for body in get_args(JobBody)}
 
 

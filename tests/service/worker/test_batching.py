@@ -22,3 +22,11 @@ def test_retries_run_alone_and_the_oldest_job_runs_even_over_the_budget() -> Non
     assert first_batch([fresh, Candidate("retry", "k", 1, solo=True)], 4) == (["fresh"], ["retry"])
     assert first_batch([Candidate("big", "k", 9), fresh], 4) == (["big"], ["fresh"])
     assert first_batch([], 4) == ([], [])
+
+
+def test_jobs_taken_over_from_a_dead_worker_batch_again() -> None:
+    """Only a retry after an exception is solo; takeovers are plain candidates and batch together."""
+    taken_over = [Candidate(f"taken-{i}", key="k", images=1) for i in range(3)]
+    assert first_batch(taken_over, 4) == (["taken-0", "taken-1", "taken-2"], [])
+    raised = Candidate("raised", key="k", images=1, solo=True)
+    assert first_batch([*taken_over, raised], 4) == (["taken-0", "taken-1", "taken-2"], ["raised"])

@@ -253,6 +253,28 @@ def test_kill_9_mid_job_is_taken_over_and_finished_once(
             stop_process(process)
 
 
+def test_a_batch_taken_over_after_kill_9_runs_as_one_batch_again(
+    redis_url: str, client: redis.Redis, tmp_path: Path
+) -> None:
+    settings = worker_settings(redis_url, lease_seconds=1.0, max_batch_size=4)
+    job_ids = [submit(settings, "generate", generate(seed=10 + i, prior_steps=20, decoder_steps=20))
+               for i in range(4)]
+    victim = spawn_worker(settings, "victim", 0.05, tmp_path / "victim.log")
+    try:
+        wait_until(lambda: all(job_state(client, j).get("progress") for j in job_ids), timeout=20,
+                   what="the batch to run")
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=5)
+    finally:
+        stop_process(victim)
+    pipeline = FakePipeline()
+    with worker_thread(settings, pipeline, consumer="survivor"):
+        states = [wait_for_status(client, j, timeout=20) for j in job_ids]
+    assert [s["status"] for s in states] == ["succeeded"] * 4
+    assert [s["attempts"] for s in states] == ["2"] * 4 and {s["worker"] for s in states} == {"survivor"}
+    assert [sorted(call["seeds"]) for call in pipeline.calls] == [[10, 11, 12, 13]]  # one call, all four
+
+
 def test_sigterm_finishes_the_current_batch_then_exits(
     redis_url: str, client: redis.Redis, tmp_path: Path
 ) -> None:
