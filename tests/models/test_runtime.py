@@ -4,10 +4,11 @@ Tolerances, and why:
 - compiled vs eager in fp32, one UNet step: 1e-4 absolute on outputs of order 1. Inductor fuses and
   reorders reductions (GroupNorm statistics, softmax, the convolutions' accumulation order), which moves
   each float32 result by a few ulps (~1e-7 relative); twenty-odd layers amplify that to ~1e-5.
-- compiled vs eager in bf16: 4e-2 absolute plus 2^-6 relative. bf16 keeps 8 significant bits (a relative
-  step of 2^-8 ≈ 0.4 %); inductor keeps fused intermediates in float32 where eager rounds each op's output
-  to bf16, so the two differ by a few bf16 roundings per layer, and an output near 2 is already 2^-7 from
-  its bf16 neighbour (one run here: 8 of 49,152 elements 0.047 apart).
+- compiled vs eager in bf16: 6e-2 absolute at worst and 1e-2 on average. bf16 keeps 8 significant bits
+  (a relative step of 2^-8 ≈ 0.4 %); inductor keeps fused intermediates in float32 where eager rounds each
+  op's output to bf16, so the two differ by a few bf16 roundings per layer, which twenty-odd layers
+  compound (measured here: at most 0.047, in 4 to 8 of 49,152 elements; 0.005 on average). A wrong
+  dtype, layout or dropped condition moves outputs by order 1.
 - a whole generation, each fast setting vs eager fp32, same seed: mean |difference| of the 8-bit pixels
   below 12 for bf16 (the sampler runs in float32, but every network output carries the 0.4 % bf16 error
   through every step), below 1 for compiled fp32, which is the same arithmetic to rounding.
@@ -73,10 +74,10 @@ def test_a_unet_step_compiles_without_graph_breaks(
 
 
 @pytest.mark.parametrize(
-    ("dtype", "atol", "rtol"), [(torch.float32, 1e-4, 0.0), (torch.bfloat16, 4e-2, 2**-6)], ids=str
+    ("dtype", "worst", "average"), [(torch.float32, 1e-4, 1e-5), (torch.bfloat16, 6e-2, 1e-2)], ids=str
 )
 def test_the_compiled_decoder_step_equals_eager(
-    folder: Path, dtype: torch.dtype, atol: float, rtol: float
+    folder: Path, dtype: torch.dtype, worst: float, average: float
 ) -> None:
     pipeline = UnCLIPPipeline.from_checkpoint(folder, device="cpu", dtype=dtype)
     step = CompiledStep("decoder", pipeline.models.decoder, "inductor")
@@ -89,7 +90,8 @@ def test_the_compiled_decoder_step_equals_eager(
         again = step(*args)
     assert compiled.dtype == eager.dtype == dtype
     assert eager.float().abs().mean() > 0.05  # a lively output, not zeros
-    torch.testing.assert_close(compiled.float(), eager.float(), atol=atol, rtol=rtol)
+    difference = (compiled.float() - eager.float()).abs()
+    assert difference.max() <= worst and difference.mean() <= average
     assert torch.equal(again, compiled)  # the captured graph ran again, not eager
     assert step.captured == {shape_key(args)}
 
