@@ -295,7 +295,7 @@ function describeBody(body) {
 }
 
 let busy = false; // one job at a time: from the submission until its pictures are shown
-let running = null; // the job being followed, once queued
+let running = null; // the newest snapshot of the job being followed, once queued
 
 async function onSubmit(event) {
   event.preventDefault();
@@ -313,7 +313,7 @@ async function onSubmit(event) {
     showQueued();
     const job = await submitJob(body);
     running = job;
-    const final = await followJob(job, showProgress);
+    const final = await followJob(job, (update) => showProgress((running = update)));
     await showFinal(final);
   } catch (error) {
     hideProgress();
@@ -544,9 +544,12 @@ function hideProgress() {
 
 async function onCancel() {
   if (!running) return;
+  const id = running.id;
   $("#cancel").disabled = true;
   try {
-    showProgress(await cancelJob(running.id));
+    const answer = await cancelJob(id);
+    // the event stream may have shown the job's end while the DELETE was answered: keep the newer state
+    if (running?.id === id && !TERMINAL.has(running.status)) showProgress(answer);
   } catch (error) {
     showApiError(error);
   }
