@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from models.train.data import DEFAULT_CACHE
 from models.train.stage import PoolSizes
-from models.train.train import STAGES, TrainOptions, train
+from models.train.train import ALL_STAGES, STAGES, TrainOptions, train
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--prompts", type=int, default=40, help="prompts per category")
     check.add_argument("--batch", type=int, default=8)
     check.add_argument("--device", default="auto")
+    check.add_argument("--dtype", default="auto", help="auto (what the service runs here), float32, bfloat16, ...")
     check.add_argument("--seed", type=int, default=0)
     check.add_argument("--repeats", type=int, default=1, help="prompt sets (more pictures, less noise)")
     check.add_argument(
@@ -81,7 +82,7 @@ def run_train(args: argparse.Namespace) -> int:
     options = TrainOptions(
         out=args.out,
         config=args.config,
-        stages=tuple(STAGES) if args.stage == "all" else (args.stage,),
+        stages=ALL_STAGES if args.stage == "all" else (args.stage,),
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -129,7 +130,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         report,
     )
 
-    pipeline = UnCLIPPipeline.from_checkpoint(args.checkpoint, device=args.device)
+    pipeline = UnCLIPPipeline.from_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype)
     overrides = {
         "prior_steps": args.prior_steps,
         "decoder_steps": args.decoder_steps,

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import math
 import random
+from functools import cached_property
 
 import torch
 
 from models.tokenizer import Tokenizer
 from models.train import data
 from models.train.losses import contrastive_loss
-from models.train.stage import Batch, Stage, pick
+from models.train.stage import Batch, Stage, image_embeddings, pick
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps its temperature so the logits cannot blow up
 
@@ -55,3 +56,44 @@ class CLIPStage(Stage):
     def after_step(self) -> None:
         with torch.no_grad():
             self.models.clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+
+
+class TextProjectionStage(CLIPStage):
+    """CLIP's text projection alone, refitted to the caption grammar with both towers frozen.
+
+    The shipped CLIP learnt its text tower on a few caption templates; on other phrasings its z_t often
+    names the wrong picture. The towers' token states are what the prior and the decoder read, so they
+    stay as they are, and only the last linear map (pooled end-of-text state → z_t) moves: the trained
+    decoder stays valid, and z_t (the prior's input and its candidates' ranking) follows the grammar.
+    """
+
+    name = "clip_projection"
+    component = "clip"
+
+    @cached_property
+    def image_embeds(self) -> torch.Tensor:
+        return image_embeddings(self.models.clip, self.data.pictures64[1], self.device)  # [N, E], frozen
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [self.models.clip.text_projection]
+
+    def make_batch(self, size: int, rng: random.Random) -> Batch:
+        scenes, _ = self.data.pictures64
+        index = pick(len(scenes), size, rng)
+        chosen = [scenes[i] for i in index]
+        texts, specs = data.captions(chosen, rng)
+        return {
+            "ids": encode_captions(self.models.tokenizer, texts, self.device),
+            "image_embeds": self.image_embeds[index],
+            "positives": data.positives(
+                data.scene_facts(chosen).to(self.device), data.spec_facts(specs).to(self.device)
+            ),
+        }
+
+    def loss(self, batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        clip = self.models.clip
+        text = clip.encode_text(batch["ids"]).embeds.float()  # [B, E], unit
+        logits = clip.logit_scale.detach().exp() * batch["image_embeds"] @ text.t()  # [B images, B texts]
+        loss = contrastive_loss(logits, batch["positives"])
+        hits = batch["positives"].gather(1, logits.argmax(1, keepdim=True)).float().mean()
+        return loss, {"acc": hits.detach()}

@@ -103,11 +103,12 @@ def train_stage(
     """
     device = stage.device
     module = stage.module
-    module.train().requires_grad_(True)
+    module.train().requires_grad_(False)
+    trained = stage.parameters()
+    for parameter in trained:
+        parameter.requires_grad_(True)
     ema = copy.deepcopy(module).eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(
-        module.parameters(), lr=settings.lr, betas=(0.9, 0.999), weight_decay=settings.weight_decay
-    )
+    optimizer = torch.optim.AdamW(trained, lr=settings.lr, betas=(0.9, 0.999), weight_decay=settings.weight_decay)
     path = state_path(state_dir, stage.name)
     start = 0
     if resume and path.is_file():
@@ -140,7 +141,7 @@ def train_stage(
         loss = loss.mean()
         loss.backward()
         if settings.grad_clip:
-            nn.utils.clip_grad_norm_(module.parameters(), settings.grad_clip)
+            nn.utils.clip_grad_norm_(trained, settings.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         stage.after_step()

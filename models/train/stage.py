@@ -74,14 +74,23 @@ class TrainingData:
 
 
 class Stage(ABC):
-    name: ClassVar[str]  # the component of UnCLIPModels it trains
+    name: ClassVar[str]  # the stage: its training state, seeds and logs
+    component: ClassVar[str | None] = None  # the component of UnCLIPModels it trains; None: `name`
 
     def __init__(self, models: UnCLIPModels, training_data: TrainingData, device: torch.device) -> None:
         self.models, self.data, self.device = models, training_data, device
 
+    @classmethod
+    def trains(cls) -> str:
+        return cls.component or cls.name
+
     @property
     def module(self) -> nn.Module:
-        return getattr(self.models, self.name)
+        return getattr(self.models, self.trains())
+
+    def parameters(self) -> list[nn.Parameter]:
+        """What the optimizer moves; the rest of the module stays as it is. All of it by default."""
+        return list(self.module.parameters())
 
     @abstractmethod
     def make_batch(self, size: int, rng: random.Random) -> Batch:

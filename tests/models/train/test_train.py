@@ -20,7 +20,7 @@ from models.train.loop import (
 )
 from models.train.shapes import caption_words
 from models.train.stage import PoolSizes, StageSettings, TrainingData
-from models.train.train import STAGES, TrainOptions, train
+from models.train.train import ALL_STAGES, STAGES, TrainOptions, train
 
 CPU = torch.device("cpu")
 
@@ -51,8 +51,11 @@ def test_each_stage_fits_a_fixed_batch(name: str) -> None:
     trained network through the whole loss."""
     models = tiny_models()
     stage = STAGES[name](models, tiny_data(), CPU)
-    module = stage.module.train().requires_grad_(True)
-    optimizer = torch.optim.Adam(module.parameters(), lr=2e-3)
+    stage.module.train().requires_grad_(False)
+    trained = stage.parameters()
+    for parameter in trained:
+        parameter.requires_grad_(True)
+    optimizer = torch.optim.Adam(trained, lr=2e-3)
     batch = stage.make_batch(4, random.Random(0))
     values = []
     for _ in range(12):
@@ -62,10 +65,27 @@ def test_each_stage_fits_a_fixed_batch(name: str) -> None:
         optimizer.zero_grad()
         values.append(float(loss.detach().mean()))
     assert values[-1] < 0.8 * values[0], values
-    # Only this component trains: the others (the frozen CLIP included) get no gradients.
+    # Only the stage's parameters train: the rest (the frozen CLIP included) get no gradients.
+    moved = {id(p) for p in trained}
     for other, network in models.components().items():
-        if other != name:
-            assert all(p.grad is None for p in network.parameters()), other
+        for parameter_name, parameter in network.named_parameters():
+            if id(parameter) not in moved:
+                assert parameter.grad is None, (other, parameter_name)
+
+
+def test_the_text_projection_stage_moves_z_t_and_leaves_the_token_states() -> None:
+    """clip_projection trains CLIP's text projection alone: the token states that the prior and the decoder
+    read stay as they were, and only the text embedding z_t changes."""
+    models = tiny_models()
+    stage = STAGES["clip_projection"](models, tiny_data(), CPU)
+    assert stage.module is models.clip and stage.parameters() == [models.clip.text_projection]
+    ids = stage.make_batch(4, random.Random(0))["ids"]
+    before = models.clip.encode_text(ids)
+    with torch.no_grad():
+        models.clip.text_projection.add_(torch.randn_like(models.clip.text_projection) * 0.1)
+    after = models.clip.encode_text(ids)
+    assert torch.equal(before.states, after.states)
+    assert not torch.allclose(before.embeds, after.embeds)
 
 
 @pytest.mark.parametrize("name", ["decoder", "sr256", "sr1024"])
@@ -180,13 +200,13 @@ def test_one_command_trains_every_stage_into_a_loadable_checkpoint(tmp_path: Pat
     ]
     assert main(arguments) == 0
     printed = capsys.readouterr().out
-    for name in STAGES:
+    for name in ALL_STAGES:
         assert f"{name}: steps 0->1" in printed
     models = load_checkpoint(out)
-    assert set(models.components()) == set(STAGES)
+    assert set(models.components()) == set(ALL_STAGES)
     assert not list(out.glob("*.pt"))  # the training state is kept apart, never shipped
     state_dir = tmp_path / "checkpoint.train"
-    for name in STAGES:
+    for name in ALL_STAGES:
         state = torch.load(state_path(state_dir, name), weights_only=True)
         shipped = load_file(out / f"{name}.safetensors")
         # The checkpoint holds the EMA weights, which differ from the raw ones after training.
