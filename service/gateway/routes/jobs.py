@@ -12,7 +12,8 @@ from service.gateway import images
 from service.gateway.auth import Caller
 from service.gateway.deps import IdempotencyKey
 from service.gateway.errors import ApiError
-from service.gateway.routes.submission import job_view, owned_job, submit_body
+from service.gateway.routes.submission import job_view, owned_job
+from service.gateway.routes.submit_route import SubmitRoute, queue_job
 from service.gateway.schemas import JOB_REQUEST_EXAMPLES, ErrorDetail, JobListOut, JobOut, JobRequest
 from service.gateway.store import Job, JobNotFound
 from service.jobs.states import TERMINAL
@@ -34,8 +35,26 @@ SSE_EXAMPLE = (
 )
 
 
-@router.post(
+async def submit_job(
+    body: Annotated[JobRequest, Body(openapi_examples=JOB_REQUEST_EXAMPLES)],
+    caller: Caller,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> JobOut:
+    """Queue one of five operations, told apart by `op`. Images travel as base64 PNG/JPEG. Answers at
+    once with the queued job and a `Location` header; poll it, or stream `/events`. With an
+    `Idempotency-Key`, a retry of the same request answers the job the first one made."""
+    view = await queue_job(caller, body, idempotency_key)
+    response.headers["Location"] = view.url
+    return view
+
+
+# SubmitRoute answers a well-formed request without FastAPI's parameter solving (same checks, same answer).
+router.add_api_route(
     "",
+    submit_job,
+    methods=["POST"],
+    route_class_override=SubmitRoute,
     status_code=202,
     response_model=JobOut,
     summary="Submit a job",
@@ -54,19 +73,6 @@ SSE_EXAMPLE = (
         },
     },
 )
-async def submit_job(
-    body: Annotated[JobRequest, Body(openapi_examples=JOB_REQUEST_EXAMPLES)],
-    caller: Caller,
-    response: Response,
-    idempotency_key: IdempotencyKey = None,
-) -> JobOut:
-    """Queue one of five operations, told apart by `op`. Images travel as base64 PNG/JPEG. Answers at
-    once with the queued job and a `Location` header; poll it, or stream `/events`. With an
-    `Idempotency-Key`, a retry of the same request answers the job the first one made."""
-    job = await submit_body(caller.store, body, caller.owner, caller.settings, idempotency_key)
-    view = job_view(job, caller.base_url)
-    response.headers["Location"] = view.url
-    return view
 
 
 @router.get(
