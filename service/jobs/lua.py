@@ -64,11 +64,11 @@ end
 
 # KEYS: job, stream, counts, idempotency key, owner's jobs (see layout).
 # ARGV: id, op, params, owner, expected_images, backlog_limit, request fingerprint ('' = no idempotency key),
-# webhook URL ('' = none), webhook events (comma-separated).
+# webhook URL ('' = none), webhook events (comma-separated); the last three may be left off when all are ''.
 # Returns {1, created_at} (queued) | {0, queued} (backlog full) | {2, job id} (the key's job, same request)
 # | {3, job id} (the key's job, another request). A key whose job expired is taken over by the new job.
 SUBMIT_LUA = _HELPERS + """
-local fingerprint = ARGV[7]
+local fingerprint = ARGV[7] or ''
 if fingerprint ~= '' then
   local f = redis.call('HMGET', KEYS[4], 'job', 'fingerprint')
   if f[1] and redis.call('EXISTS', 'job:' .. f[1]) == 1 then
@@ -83,7 +83,7 @@ local entry = redis.call('XADD', KEYS[2], '*', 'job', ARGV[1])
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'op', ARGV[2], 'params', ARGV[3], 'owner', ARGV[4],
   'status', 'queued', 'created_at', created_at, 'attempts', 0, 'image_count', 0,
   'expected_images', ARGV[5], 'warnings', '[]', 'entry', entry, 'version', 0)
-if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'webhook', ARGV[8], 'webhook_events', ARGV[9]) end
+if (ARGV[8] or '') ~= '' then redis.call('HSET', KEYS[1], 'webhook', ARGV[8], 'webhook_events', ARGV[9]) end
 if fingerprint ~= '' then
   -- no TTL while the job lives: terminate() gives the key the job's own
   redis.call('DEL', KEYS[4])
