@@ -41,7 +41,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import redis
@@ -182,6 +182,13 @@ def wrk_version() -> str:
     return (result.stdout or result.stderr).split("[")[0].strip()
 
 
+def package_version(name: str) -> str:
+    try:
+        return f"{name} {version(name)}"
+    except PackageNotFoundError:
+        return f"no {name}"
+
+
 def redis_version(url: str) -> str:
     with contextlib.closing(redis.Redis.from_url(url)) as client:
         return str(client.info("server")["redis_version"])
@@ -273,9 +280,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, log in logs.items():
                 print(f"--- {name} log ---\n{log.read_text()[-4000:]}", file=sys.stderr)
 
-    versions = ", ".join(
-        f"{name} {version(name)}" for name in ("fastapi", "starlette", "uvicorn", "pydantic", "redis")
-    )
+    packages = ("fastapi", "starlette", "uvicorn", "pydantic", "redis", "hiredis")
+    versions = ", ".join(package_version(name) for name in packages)
     print("unclip-serve gateway against a bare FastAPI app doing one XADD (bench/gateway.py)")
     print(f"device: {cpu_model()}, {os.cpu_count()} cores; wrk, the servers and Redis share them")
     print(
