@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import Request, Response
+from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
 from service.gateway.auth import bearer_scheme
@@ -39,9 +40,24 @@ def is_json(content_type: str | None) -> bool:
     return content_type.split(";", 1)[0].strip().lower() == "application/json"
 
 
+def check_parameters(dependant: Dependant) -> None:
+    """The quick path knows submit_job's parameters: a JSON body, the Idempotency-Key header, `Caller` and
+    the `Response`. A parameter added later would be skipped by it without a word, so refuse to start."""
+    known = (
+        len(dependant.body_params) == 1
+        and [field.alias for field in dependant.header_params] == ["Idempotency-Key"]
+        and [sub.call for sub in dependant.dependencies] == [bearer_scheme]
+        and not (dependant.path_params or dependant.query_params or dependant.cookie_params)
+        and not (dependant.background_tasks_param_name or dependant.security_scopes_param_name)
+    )
+    if not known:
+        raise TypeError(f"SubmitRoute does not know the parameters of {dependant.call}: teach its quick path")
+
+
 class SubmitRoute(APIRoute):
     def get_route_handler(self) -> Handler:
         fastapi_handler = super().get_route_handler()
+        check_parameters(self.dependant)
         (body_field,) = self.dependant.body_params
         (key_field,) = self.dependant.header_params  # Idempotency-Key
 

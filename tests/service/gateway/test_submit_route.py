@@ -5,10 +5,15 @@ FastAPI parses as JSON too) takes FastAPI's, and anything the quick checks refus
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Annotated
 
 import httpx
 import pytest
+from fastapi import APIRouter, Body
 
+from service.gateway.auth import Caller
+from service.gateway.routes.submit_route import SubmitRoute
+from service.gateway.schemas import JobOut, JobRequest
 from tests.service.gateway.gateway_fixtures import gateway_settings, live_gateway
 
 GENERATE = {"op": "generate", "prompt": "a red circle", "n": 2, "size": 64, "decoder_guidance": 4.0}
@@ -71,3 +76,15 @@ def test_the_key_is_checked_before_the_fields_and_the_json_before_the_key(client
     assert post(client, {**GENERATE, "n": 0}, FASTAPI | anonymous).status_code == 401
     assert post(client, b"{", QUICK | anonymous).status_code == 422
     assert post(client, b"{", FASTAPI | anonymous).status_code == 422
+
+
+def test_a_parameter_the_quick_path_does_not_know_stops_the_app_from_starting():
+    async def submit_with_a_query(
+        body: Annotated[JobRequest, Body()], caller: Caller, dry_run: bool = False
+    ) -> JobOut:
+        raise AssertionError("never called")
+
+    with pytest.raises(TypeError, match="teach its quick path"):
+        APIRouter().add_api_route(
+            "/v1/jobs", submit_with_a_query, methods=["POST"], route_class_override=SubmitRoute
+        )
