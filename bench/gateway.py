@@ -19,9 +19,10 @@ Columns, per phase over all rounds:
 - non-2xx: what wrk counts as errors (answers with status ≥ 400, and socket errors or timeouts); any
   makes the run fail, after printing the servers' logs;
 - CPU µs/req: the server process's user+system CPU (/proc/PID/stat) over the phase ÷ requests answered,
-  all rounds together, then the lowest and highest round. It does not depend on how fast wrk drives the
-  server, so it holds on a busy machine where req/s does not;
-- ÷ bare: CPU µs/req ÷ the bare app's CPU µs/req.
+  all rounds together, then the lowest and highest round. It depends far less than req/s on how fast wrk
+  drives the server, but other work on the machine still inflates it (caches, shared cores);
+- ÷ bare: CPU µs/req ÷ the bare app's CPU µs/req, the figure to compare across runs: the rounds
+  interleave, so both servers see the same weather.
 """
 
 from __future__ import annotations
