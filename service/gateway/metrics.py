@@ -54,6 +54,9 @@ class RequestMetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: GatewayMetrics):
         self.app = app
         self.metrics = metrics
+        # (method, route, status) → its counter and histogram children: `labels()` checks and locks on
+        # every call, a dict lookup does not. Bounded: the routes are templates, the statuses a few.
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -73,16 +76,32 @@ class RequestMetricsMiddleware:
         finally:
             elapsed = time.perf_counter() - started
             route = route_label(scope)
-            self.metrics.requests.labels(scope["method"], route, str(status)).inc()
-            self.metrics.latency.labels(scope["method"], route).observe(elapsed)
-            fields = {
-                "method": scope["method"],
-                "path": scope["path"],
-                "route": route,
-                "status": status,
-                "duration_ms": round(elapsed * 1000, 2),
-            }
-            job_id = scope.get("path_params", {}).get("job_id")
-            if job_id is not None:
-                fields["job_id"] = job_id
-            log.info("request", extra=fields)
+            requests, latency = self.children(scope["method"], route, status)
+            requests.inc()
+            latency.observe(elapsed)
+            if log.isEnabledFor(logging.INFO):
+                log_request(scope, route, status, elapsed)
+
+    def children(self, method: str, route: str, status: int) -> tuple[Counter, Histogram]:
+        key = (method, route, status)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = (
+                self.metrics.requests.labels(method, route, str(status)),
+                self.metrics.latency.labels(method, route),
+            )
+        return found
+
+
+def log_request(scope: Scope, route: str, status: int, elapsed: float) -> None:
+    fields = {
+        "method": scope["method"],
+        "path": scope["path"],
+        "route": route,
+        "status": status,
+        "duration_ms": round(elapsed * 1000, 2),
+    }
+    job_id = scope.get("path_params", {}).get("job_id")
+    if job_id is not None:
+        fields["job_id"] = job_id
+    log.info("request", extra=fields)

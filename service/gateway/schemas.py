@@ -44,6 +44,8 @@ def integral_floats_as_ints(data: Any) -> Any:
         return int(value) if whole else value
 
     return {name: integral(name, value) for name, value in data.items()}
+
+
 Base64Image = Annotated[
     str,
     Field(
@@ -210,14 +212,15 @@ def limit_errors(body: BaseModel, settings: Settings) -> list[dict[str, Any]]:
                 }
             )
 
+    values = vars(body)  # the fields this body type has (getattr of a missing one costs a raised error)
     for field in ("prompt", "source_caption"):
-        text = getattr(body, field, None)
+        text = values.get(field)
         if text is not None:
             over(field, len(text), settings.max_prompt_chars, f"{field} length in characters")
-    if getattr(body, "n", None) is not None:
-        over("n", body.n, settings.max_images_per_job, "n (images per job)")
-    if getattr(body, "frames", None) is not None:
-        over("frames", body.frames, settings.max_frames, "frames")
+    if values.get("n") is not None:
+        over("n", values["n"], settings.max_images_per_job, "n (images per job)")
+    if values.get("frames") is not None:
+        over("frames", values["frames"], settings.max_frames, "frames")
     return errors
 
 

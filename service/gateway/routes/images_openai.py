@@ -23,8 +23,8 @@ from PIL import Image
 from pydantic import BaseModel, ValidationError
 
 from service.gateway import images
-from service.gateway.auth import Owner
-from service.gateway.deps import AppSettings, BaseUrl, IdempotencyKey, Store
+from service.gateway.auth import Caller
+from service.gateway.deps import CallContext, IdempotencyKey
 from service.gateway.errors import ApiError
 from service.gateway.routes.submission import image_url, submit_body
 from service.gateway.schemas import (
@@ -40,7 +40,6 @@ from service.gateway.schemas import (
 )
 from service.gateway.store import Job, JobNotFound, JobStore
 from service.jobs.codec import png_base64
-from service.settings import Settings
 
 router = APIRouter(prefix="/v1/images", tags=["openai"])
 
@@ -79,18 +78,13 @@ IgnoredForm = Annotated[str | None, Form(description="Accepted and ignored.")]
 )
 async def create_images(
     body: OpenAIGenerationRequest,
-    owner: Owner,
-    store: Store,
-    settings: AppSettings,
-    base_url: BaseUrl,
+    caller: Caller,
     idempotency_key: IdempotencyKey = None,
 ) -> OpenAIImagesResponse:
     request = validated(
         GenerateRequest, op="generate", prompt=body.prompt, n=body.n, size=PIPELINE_SIZE[body.size]
     )
-    return await run_to_completion(
-        store, request, owner, settings, base_url, body.size, body.response_format, idempotency_key
-    )
+    return await run_to_completion(caller, request, body.size, body.response_format, idempotency_key)
 
 
 @router.post(
@@ -103,10 +97,7 @@ async def create_images(
 async def edit_image(
     image: ImageFile,
     prompt: Annotated[str, Form(min_length=1)],
-    owner: Owner,
-    store: Store,
-    settings: AppSettings,
-    base_url: BaseUrl,
+    caller: Caller,
     # Not `UploadFile | None`: the spec would then offer a JSON null, which a multipart form cannot carry.
     mask: Annotated[UploadFile, File(description="Alpha-0 pixels mark the area to repaint.")] = None,  # type: ignore[assignment]
     n: ImageCountForm = 1,
@@ -119,12 +110,11 @@ async def edit_image(
     """Without a mask the image must have an alpha channel; its fully transparent pixels are repainted."""
     image_bytes = await uploaded_bytes(image, "image")
     mask_bytes = await uploaded_bytes(mask, "mask") if mask is not None else None
+    max_pixels = caller.settings.max_image_pixels
     request = await images.off_loop(
-        edit_request, image_bytes, mask_bytes, prompt, n, PIPELINE_SIZE[size], settings.max_image_pixels
+        edit_request, image_bytes, mask_bytes, prompt, n, PIPELINE_SIZE[size], max_pixels
     )
-    return await run_to_completion(
-        store, request, owner, settings, base_url, size, response_format, idempotency_key
-    )
+    return await run_to_completion(caller, request, size, response_format, idempotency_key)
 
 
 def edit_request(
@@ -158,10 +148,7 @@ def edit_request(
 )
 async def create_variations(
     image: ImageFile,
-    owner: Owner,
-    store: Store,
-    settings: AppSettings,
-    base_url: BaseUrl,
+    caller: Caller,
     n: ImageCountForm = 1,
     size: SizeForm = "1024x1024",
     response_format: FormatForm = "url",
@@ -171,11 +158,9 @@ async def create_variations(
 ) -> OpenAIImagesResponse:
     image_bytes = await uploaded_bytes(image, "image")
     request = await images.off_loop(
-        variation_request, image_bytes, n, PIPELINE_SIZE[size], settings.max_image_pixels
+        variation_request, image_bytes, n, PIPELINE_SIZE[size], caller.settings.max_image_pixels
     )
-    return await run_to_completion(
-        store, request, owner, settings, base_url, size, response_format, idempotency_key
-    )
+    return await run_to_completion(caller, request, size, response_format, idempotency_key)
 
 
 def variation_request(image_bytes: bytes, n: int, size: int, max_pixels: int) -> BaseModel:
@@ -212,11 +197,8 @@ def alpha_repaint_mask(picture: Image.Image, field: str) -> Image.Image:
 
 
 async def run_to_completion(
-    store: JobStore,
+    caller: CallContext,
     request: BaseModel,
-    owner: str,
-    settings: Settings,
-    base_url: str,
     size: str,
     response_format: str,
     idempotency: str | None = None,
@@ -224,6 +206,7 @@ async def run_to_completion(
     """Submits, waits, answers. Redis outages within the sync timeout are ridden out: the submit is retried
     under one idempotency key (the client's, or one made here), so it makes one job at most, and once
     the job is queued every failure says `x-should-retry: false` and names the job."""
+    store, owner, settings = caller.store, caller.owner, caller.settings
     deadline = asyncio.get_running_loop().time() + settings.sync_timeout_seconds
     key = idempotency or f"openai-request:{uuid.uuid4().hex}"
     try:
@@ -240,7 +223,7 @@ async def run_to_completion(
         ) from None
     try:
         job = await finished(store, job, owner, deadline, settings.sync_timeout_seconds)
-        return await response_for(store, job, owner, base_url, size, response_format, deadline)
+        return await response_for(store, job, owner, caller.base_url, size, response_format, deadline)
     except REDIS_DOWN:
         raise ended_badly(
             503,

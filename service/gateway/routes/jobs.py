@@ -9,10 +9,11 @@ from fastapi import APIRouter, Body, Path, Query, Response
 from fastapi.responses import StreamingResponse
 
 from service.gateway import images
-from service.gateway.auth import Owner
-from service.gateway.deps import AppSettings, BaseUrl, IdempotencyKey, Store
+from service.gateway.auth import Caller
+from service.gateway.deps import IdempotencyKey
 from service.gateway.errors import ApiError
-from service.gateway.routes.submission import job_view, owned_job, submit_body
+from service.gateway.routes.submission import job_view, owned_job
+from service.gateway.routes.submit_route import SubmitRoute, queue_job
 from service.gateway.schemas import JOB_REQUEST_EXAMPLES, ErrorDetail, JobListOut, JobOut, JobRequest
 from service.gateway.store import Job, JobNotFound
 from service.jobs.states import TERMINAL
@@ -34,8 +35,26 @@ SSE_EXAMPLE = (
 )
 
 
-@router.post(
+async def submit_job(
+    body: Annotated[JobRequest, Body(openapi_examples=JOB_REQUEST_EXAMPLES)],
+    caller: Caller,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> JobOut:
+    """Queue one of five operations, told apart by `op`. Images travel as base64 PNG/JPEG. Answers at
+    once with the queued job and a `Location` header; poll it, or stream `/events`. With an
+    `Idempotency-Key`, a retry of the same request answers the job the first one made."""
+    view = await queue_job(caller, body, idempotency_key)
+    response.headers["Location"] = view.url
+    return view
+
+
+# SubmitRoute answers a well-formed request without FastAPI's parameter solving (same checks, same answer).
+router.add_api_route(
     "",
+    submit_job,
+    methods=["POST"],
+    route_class_override=SubmitRoute,
     status_code=202,
     response_model=JobOut,
     summary="Submit a job",
@@ -54,22 +73,6 @@ SSE_EXAMPLE = (
         },
     },
 )
-async def submit_job(
-    body: Annotated[JobRequest, Body(openapi_examples=JOB_REQUEST_EXAMPLES)],
-    owner: Owner,
-    store: Store,
-    settings: AppSettings,
-    base_url: BaseUrl,
-    response: Response,
-    idempotency_key: IdempotencyKey = None,
-) -> JobOut:
-    """Queue one of five operations, told apart by `op`. Images travel as base64 PNG/JPEG. Answers at
-    once with the queued job and a `Location` header; poll it, or stream `/events`. With an
-    `Idempotency-Key`, a retry of the same request answers the job the first one made."""
-    job = await submit_body(store, body, owner, settings, idempotency_key)
-    view = job_view(job, base_url)
-    response.headers["Location"] = view.url
-    return view
 
 
 @router.get(
@@ -84,9 +87,7 @@ async def submit_job(
     },
 )
 async def list_jobs(
-    owner: Owner,
-    store: Store,
-    base_url: BaseUrl,
+    caller: Caller,
     limit: Annotated[int, Query(ge=1, le=100, description="Jobs per page.")] = 20,
     after: Annotated[
         str | None, Query(max_length=128, description="`next_after` of the previous page: the jobs after it.")
@@ -95,7 +96,7 @@ async def list_jobs(
     """The jobs of your API key, newest first, until they expire (UNCLIP_RESULT_TTL_SECONDS after they
     end). Other keys' jobs never show."""
     try:
-        jobs, has_more = await store.list(owner, limit, after)
+        jobs, has_more = await caller.store.list(caller.owner, limit, after)
     except JobNotFound:
         raise ApiError(
             404,
@@ -103,16 +104,16 @@ async def list_jobs(
             code="unknown_cursor",
         ) from None
     return JobListOut(
-        data=[job_view(job, base_url) for job in jobs],
+        data=[job_view(job, caller.base_url) for job in jobs],
         has_more=has_more,
         next_after=jobs[-1].id if jobs else None,
     )
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="Get a job", responses=ERRORS)
-async def get_job(job_id: JobId, owner: Owner, store: Store, base_url: BaseUrl) -> JobOut:
+async def get_job(job_id: JobId, caller: Caller) -> JobOut:
     """Status, progress, error and warnings; `images` lists the URLs of the images stored so far."""
-    return job_view(await owned_job(store, job_id, owner), base_url)
+    return job_view(await owned_job(caller.store, job_id, caller.owner), caller.base_url)
 
 
 @router.get(
@@ -128,14 +129,13 @@ async def get_job(job_id: JobId, owner: Owner, store: Store, base_url: BaseUrl) 
 async def get_image(
     job_id: JobId,
     index: Annotated[int, Path(ge=0, description="0-based, below the job's `expected_images`.")],
-    owner: Owner,
-    store: Store,
+    caller: Caller,
     size: Annotated[int | None, Query(ge=1, le=1024, description="Downscale to this side (pixels).")] = None,
 ) -> Response:
     """The image as `image/png`. 404 when the job has no such image (or it expired); 409 while the job is
     still queued or running and the image is not stored yet."""
-    job = await owned_job(store, job_id, owner)
-    png = await store.image(job_id, index, owner)
+    job = await owned_job(caller.store, job_id, caller.owner)
+    png = await caller.store.image(job_id, index, caller.owner)
     if png is None:
         raise missing_image(job, index)
     if size is not None:
@@ -179,12 +179,12 @@ def missing_image(job: Job, index: int) -> ApiError:
         **ERRORS,
     },
 )
-async def job_events(job_id: JobId, owner: Owner, store: Store, base_url: BaseUrl) -> StreamingResponse:
+async def job_events(job_id: JobId, caller: Caller) -> StreamingResponse:
     """Every event's `data` is the job as `GET /v1/jobs/{id}` shows it. Non-final snapshots come as
     `progress` events, the final one as a `status` event, after which the server closes the stream."""
-    await owned_job(store, job_id, owner)
+    await owned_job(caller.store, job_id, caller.owner)
     return StreamingResponse(
-        sse_stream(store.events(job_id, owner), base_url),
+        sse_stream(caller.store.events(job_id, caller.owner), caller.base_url),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -201,12 +201,12 @@ async def sse_stream(jobs: AsyncIterator[Job], base_url: str) -> AsyncIterator[s
 
 
 @router.delete("/{job_id}", response_model=JobOut, summary="Cancel a job", responses=ERRORS)
-async def cancel_job(job_id: JobId, owner: Owner, store: Store, base_url: BaseUrl) -> JobOut:
+async def cancel_job(job_id: JobId, caller: Caller) -> JobOut:
     """A queued job is cancelled at once; a running one stops at its next sampling step (its status turns
     `cancelled` then). A finished job is returned unchanged."""
-    job = await store.cancel(job_id, owner)
+    job = await caller.store.cancel(job_id, caller.owner)
     if job is None:
         raise ApiError(
             404, f"no job {job_id!r} (it may have expired or belong to another API key)", code="job_not_found"
         )
-    return job_view(job, base_url)
+    return job_view(job, caller.base_url)

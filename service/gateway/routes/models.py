@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Path
 from pydantic import BaseModel, Field
 
-from service.gateway.auth import Owner
+from service.gateway.auth import Caller
 from service.gateway.errors import ApiError
-from service.gateway.live_models import LiveModels
 from service.gateway.schemas import OpenAIError
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -39,17 +38,10 @@ class ModelList(BaseModel):
     data: list[ModelOut]
 
 
-async def live_models(request: Request) -> LiveModels:
-    return request.app.state.store.models
-
-
-Models = Annotated[LiveModels, Depends(live_models)]
-
-
 @router.get("", response_model=ModelList, summary="List the models the live workers serve", responses=ERRORS)
-async def list_models(models: Models, owner: Owner) -> ModelList:
+async def list_models(caller: Caller) -> ModelList:
     """Empty until a worker has loaded its checkpoint; a worker that stops (or dies) drops out."""
-    return ModelList(data=[ModelOut(**model) for model in await models.models()])
+    return ModelList(data=[ModelOut(**model) for model in await caller.store.models.models()])
 
 
 @router.get(
@@ -62,13 +54,13 @@ async def list_models(models: Models, owner: Owner) -> ModelList:
         404: {"model": OpenAIError, "description": "No live worker serves it."},
     },
 )
-async def get_model(
-    model_id: Annotated[str, Path(max_length=256)], models: Models, owner: Owner
-) -> ModelOut:
-    for model in await models.models():
+async def get_model(model_id: Annotated[str, Path(max_length=256)], caller: Caller) -> ModelOut:
+    for model in await caller.store.models.models():
         if model["id"] == model_id:
             return ModelOut(**model)
     raise ApiError(
-        404, f"no live worker serves model {model_id!r}; GET /v1/models lists those served", param="model",
+        404,
+        f"no live worker serves model {model_id!r}; GET /v1/models lists those served",
+        param="model",
         code="model_not_found",
     )

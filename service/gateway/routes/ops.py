@@ -9,8 +9,6 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.gateway.deps import Store
-
 router = APIRouter(tags=["operations"])
 READY_TIMEOUT_SECONDS = 2.0  # a Redis that accepts connections but does not answer is not ready either
 
@@ -48,9 +46,9 @@ async def readyz(request: Request) -> JSONResponse:
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format."}},
 )
-async def metrics(request: Request, store: Store) -> Response:
+async def metrics(request: Request) -> Response:
     """Queue depth and jobs by status are read from Redis now; HTTP counters are this process's."""
-    gateway_metrics = request.app.state.metrics
+    gateway_metrics, store = request.app.state.metrics, request.app.state.store
     try:
         gateway_metrics.set_queue(await store.queue_depth(), await store.counts_by_status())
     except (redis.exceptions.RedisError, OSError):
