@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--prompts", type=int, default=40, help="prompts per category")
     check.add_argument("--batch", type=int, default=8)
     check.add_argument("--device", default="auto")
-    check.add_argument("--dtype", default="auto", help="auto (what the service runs here), float32, bfloat16, ...")
+    check.add_argument("--dtype", default="auto", help="auto (what the service runs here), float32, bfloat16")
     check.add_argument("--seed", type=int, default=0)
     check.add_argument("--repeats", type=int, default=1, help="prompt sets (more pictures, less noise)")
     check.add_argument(

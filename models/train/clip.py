@@ -40,6 +40,7 @@ class CLIPStage(Stage):
         chosen = [scenes[i] for i in index]
         texts, specs = data.captions(chosen, rng)
         return {
+            "index": index,
             "ids": encode_captions(self.models.tokenizer, texts, self.device),
             "images": data.to_model_range(pictures[index].to(self.device)),
             "positives": data.positives(
@@ -48,14 +49,17 @@ class CLIPStage(Stage):
         }
 
     def loss(self, batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logits = self.models.clip(batch["ids"], batch["images"])  # [B images, B texts]
-        loss = contrastive_loss(logits, batch["positives"])
-        hits = batch["positives"].gather(1, logits.argmax(1, keepdim=True)).float().mean()
-        return loss, {"acc": hits.detach()}
+        return scored(self.models.clip(batch["ids"], batch["images"]), batch["positives"])
 
     def after_step(self) -> None:
         with torch.no_grad():
             self.models.clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+
+
+def scored(logits: torch.Tensor, positives: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The contrastive loss of logits `[B images, B texts]`, and how often an image's best caption is true."""
+    hits = positives.gather(1, logits.argmax(1, keepdim=True)).float().mean()
+    return contrastive_loss(logits, positives), {"acc": hits.detach()}
 
 
 class TextProjectionStage(CLIPStage):
@@ -77,23 +81,8 @@ class TextProjectionStage(CLIPStage):
     def parameters(self) -> list[torch.nn.Parameter]:
         return [self.models.clip.text_projection]
 
-    def make_batch(self, size: int, rng: random.Random) -> Batch:
-        scenes, _ = self.data.pictures64
-        index = pick(len(scenes), size, rng)
-        chosen = [scenes[i] for i in index]
-        texts, specs = data.captions(chosen, rng)
-        return {
-            "ids": encode_captions(self.models.tokenizer, texts, self.device),
-            "image_embeds": self.image_embeds[index],
-            "positives": data.positives(
-                data.scene_facts(chosen).to(self.device), data.spec_facts(specs).to(self.device)
-            ),
-        }
-
     def loss(self, batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         clip = self.models.clip
         text = clip.encode_text(batch["ids"]).embeds.float()  # [B, E], unit
-        logits = clip.logit_scale.detach().exp() * batch["image_embeds"] @ text.t()  # [B images, B texts]
-        loss = contrastive_loss(logits, batch["positives"])
-        hits = batch["positives"].gather(1, logits.argmax(1, keepdim=True)).float().mean()
-        return loss, {"acc": hits.detach()}
+        images = self.image_embeds[batch["index"]]  # [B, E], unit: the frozen image tower's, once per pool
+        return scored(clip.logit_scale.detach().exp() * images @ text.t(), batch["positives"])

@@ -108,7 +108,9 @@ def train_stage(
     for parameter in trained:
         parameter.requires_grad_(True)
     ema = copy.deepcopy(module).eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(trained, lr=settings.lr, betas=(0.9, 0.999), weight_decay=settings.weight_decay)
+    optimizer = torch.optim.AdamW(
+        trained, lr=settings.lr, betas=(0.9, 0.999), weight_decay=settings.weight_decay
+    )
     path = state_path(state_dir, stage.name)
     start = 0
     if resume and path.is_file():
