@@ -59,13 +59,13 @@ KARLO_STEPS = (25, 25, 7)  # prior, decoder, super-res: Karlo's UnCLIPPipeline d
 QUICK_STEPS = (2, 2, 2)
 BUDGETS = {64: None, 256: 5.0, 1024: 60.0}  # issue 5: seconds per image on a 2-core CPU
 SETTINGS = ("eager-fp32", "eager-bf16", "compiled-fp32", "compiled-bf16")
-HOWS = {"eager": None, "compiled": "auto", "cudagraphs": "cudagraphs", "max-autotune": "max-autotune"}  # ours
+HOWS = {"eager": None, "compiled": "inductor", "cudagraphs": "cudagraphs", "max-autotune": "max-autotune"}  # ours
 DIFFUSERS_MODES = {"compiled": None, "cudagraphs": "reduce-overhead", "max-autotune": "max-autotune"}
 
 
 @dataclass(frozen=True)
 class Setting:
-    """How both pipelines run: `how` eager | compiled (inductor; ours: `compile_mode("auto")`) |
+    """How both pipelines run: `how` eager | compiled (inductor, on any device) |
     cudagraphs (inductor + CUDA graphs; diffusers: mode "reduce-overhead") | max-autotune; and a dtype."""
 
     how: str

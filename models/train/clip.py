@@ -11,11 +11,14 @@ import random
 from functools import cached_property
 
 import torch
+import torch.nn.functional as F
 
+from models.checkpoint import UnCLIPModels
+from models.clip import CLIP
 from models.tokenizer import Tokenizer
-from models.train import data
+from models.train import data, shapes
 from models.train.losses import contrastive_loss
-from models.train.stage import Batch, Stage, image_embeddings, pick
+from models.train.stage import Batch, Stage, TrainingData, image_embeddings, pick
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps its temperature so the logits cannot blow up
 
@@ -69,10 +72,16 @@ class TextProjectionStage(CLIPStage):
     names the wrong picture. The towers' token states are what the prior and the decoder read, so they
     stay as they are, and only the last linear map (pooled end-of-text state → z_t) moves: the trained
     decoder stays valid, and z_t (the prior's input and its candidates' ranking) follows the grammar.
+    A second loss keeps the z_t of template captions where the starting projection put them, so that
+    differences of z_t (the text diff's direction) keep meaning what the decoder learnt.
     """
 
     name = "clip_projection"
     component = "clip"
+
+    def __init__(self, models: UnCLIPModels, training_data: TrainingData, device: torch.device) -> None:
+        super().__init__(models, training_data, device)
+        self.start = models.clip.text_projection.detach().clone()  # [W, E], the projection it starts from
 
     @cached_property
     def image_embeds(self) -> torch.Tensor:
@@ -81,8 +90,30 @@ class TextProjectionStage(CLIPStage):
     def parameters(self) -> list[torch.nn.Parameter]:
         return [self.models.clip.text_projection]
 
+    def make_batch(self, size: int, rng: random.Random) -> Batch:
+        batch = super().make_batch(size, rng)
+        scenes, _ = self.data.pictures64
+        templates = [rng.choice(shapes.phrasings(shapes.describe(scenes[i], rng))) for i in batch["index"]]
+        batch["template_ids"] = encode_captions(self.models.tokenizer, templates, self.device)
+        return batch
+
     def loss(self, batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         clip = self.models.clip
         text = clip.encode_text(batch["ids"]).embeds.float()  # [B, E], unit
         images = self.image_embeds[batch["index"]]  # [B, E], unit: the frozen image tower's, once per pool
-        return scored(clip.logit_scale.detach().exp() * images @ text.t(), batch["positives"])
+        loss, parts = scored(clip.logit_scale.detach().exp() * images @ text.t(), batch["positives"])
+        pooled = end_of_text_states(clip, batch["template_ids"]).float()  # [B, W], frozen
+        now = F.normalize(pooled @ clip.text_projection.float(), dim=-1)
+        start = F.normalize(pooled @ self.start.float(), dim=-1)
+        drift = 1 - (now * start).sum(-1).mean()  # cosine distance of template z_t from where it started
+        return loss + TEMPLATE_WEIGHT * drift, {**parts, "drift": drift.detach()}
+
+
+TEMPLATE_WEIGHT = 10.0  # the template z_t stay within a cosine of about 0.98 of their start
+
+
+@torch.no_grad()
+def end_of_text_states(clip: CLIP, ids: torch.Tensor) -> torch.Tensor:
+    """The final states `[B, W]` at each caption's end-of-text token: what the text projection maps to z_t."""
+    states = clip.encode_text(ids).states
+    return states[torch.arange(ids.shape[0], device=ids.device), ids.argmax(-1)]

@@ -58,7 +58,7 @@ def test_each_stage_fits_a_fixed_batch(name: str) -> None:
     optimizer = torch.optim.Adam(trained, lr=2e-3)
     batch = stage.make_batch(4, random.Random(0))
     values = []
-    for _ in range(12):
+    for _ in range(20):
         loss, _ = stage.loss(batch, torch.Generator().manual_seed(0))
         loss.mean().backward()
         optimizer.step()
