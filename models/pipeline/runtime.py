@@ -13,9 +13,9 @@ Modes (`COMPILE_MODES`):
 - "inductor": `torch.compile` (C++/OpenMP kernels on the CPU, Triton on CUDA).
 - "max-autotune": inductor that also times GEMM/convolution choices (slower compile, CUDA mostly).
 - "cudagraphs": inductor plus CUDA graphs (mode "reduce-overhead"), one graph per captured shape; CUDA only.
-- "auto": "inductor" on CUDA (where Triton is), "off" on the CPU: there a cold compile of the shipped model
-  for batch sizes 1 and 8 took 312 s on the 2-core development CPU, and its gain is not measured yet
-  (`bench/pipeline.py` shows it); set "inductor" to compile on a CPU.
+- "auto": "inductor" on CUDA (where Triton is), "off" on the CPU: there compiling gained about 15 % in bf16
+  (`bench/pipeline.py`, Karlo-shaped, 256 px: 4.64 → 3.94 s) for 150-310 s of cold compile per start on the
+  2-core development CPU; set "inductor" to compile on a CPU whose compile cache survives restarts.
 Where the chosen mode cannot run, `compile_mode` says why once and returns "off".
 
 Inductor keeps compiled kernels on disk (`use_compile_cache`): with a persistent folder a restarted worker

@@ -53,7 +53,8 @@ ALL_STAGES = tuple(name for name in STAGES if name != "clip_projection")
 # bf16 autocast (`loop.mixed_precision`), the last 1500 of them at lr 1e-4 (`--resume --lr 1e-4`: one
 # shape 83 % -> 90 % at 64 px on 96 prompts). A run from scratch has the loss and the embedding from the
 # start (the upsamplers, trained before the x0 weighting of losses.py, would get it too). A GPU affords
-# far more (--steps, or --init to continue).
+# far more (--steps, or --init to continue). Issue 18 then refitted, from those weights: clip_projection
+# (600 steps, 86 s) and the prior (--init that, 3000 steps at lr 2e-4, 14 min).
 DEFAULT_SETTINGS: dict[str, StageSettings] = {
     "clip": StageSettings(steps=2000, batch_size=128, lr=5e-4, weight_decay=0.05),
     "clip_projection": StageSettings(steps=600, batch_size=256, lr=1e-3),

@@ -75,17 +75,20 @@ def test_each_stage_fits_a_fixed_batch(name: str) -> None:
 
 def test_the_text_projection_stage_moves_z_t_and_leaves_the_token_states() -> None:
     """clip_projection trains CLIP's text projection alone: the token states that the prior and the decoder
-    read stay as they were, and only the text embedding z_t changes."""
+    read stay as they were, only the text embedding z_t changes, and template captions' z_t are held."""
     models = tiny_models()
     stage = STAGES["clip_projection"](models, tiny_data(), CPU)
     assert stage.module is models.clip and stage.parameters() == [models.clip.text_projection]
-    ids = stage.make_batch(4, random.Random(0))["ids"]
-    before = models.clip.encode_text(ids)
+    batch = stage.make_batch(4, random.Random(0))
+    before = models.clip.encode_text(batch["ids"])
+    assert stage.loss(batch, torch.Generator())[1]["drift"] == pytest.approx(0, abs=1e-6)
     with torch.no_grad():
         models.clip.text_projection.add_(torch.randn_like(models.clip.text_projection) * 0.1)
-    after = models.clip.encode_text(ids)
+    after = models.clip.encode_text(batch["ids"])
     assert torch.equal(before.states, after.states)
     assert not torch.allclose(before.embeds, after.embeds)
+    # the template captions' z_t are held where the projection started: moving it costs
+    assert stage.loss(batch, torch.Generator())[1]["drift"] > 1e-3
 
 
 @pytest.mark.parametrize("name", ["decoder", "sr256", "sr1024"])
