@@ -59,7 +59,8 @@ KARLO_STEPS = (25, 25, 7)  # prior, decoder, super-res: Karlo's UnCLIPPipeline d
 QUICK_STEPS = (2, 2, 2)
 BUDGETS = {64: None, 256: 5.0, 1024: 60.0}  # issue 5: seconds per image on a 2-core CPU
 SETTINGS = ("eager-fp32", "eager-bf16", "compiled-fp32", "compiled-bf16")
-HOWS = {"eager": None, "compiled": "inductor", "cudagraphs": "cudagraphs", "max-autotune": "max-autotune"}  # ours
+# ours: the UNCLIP_COMPILE mode of each setting
+HOWS = {"eager": None, "compiled": "inductor", "cudagraphs": "cudagraphs", "max-autotune": "max-autotune"}
 DIFFUSERS_MODES = {"compiled": None, "cudagraphs": "reduce-overhead", "max-autotune": "max-autotune"}
 
 
