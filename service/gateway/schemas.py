@@ -44,8 +44,6 @@ def integral_floats_as_ints(data: Any) -> Any:
         return int(value) if whole else value
 
     return {name: integral(name, value) for name, value in data.items()}
-
-
 Base64Image = Annotated[
     str,
     Field(

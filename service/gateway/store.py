@@ -101,20 +101,12 @@ def job_from_state(state: Mapping[str, str], params: dict[str, Any]) -> Job:
     """A Job from the hash fields (or a published state, which carries all of them but params)."""
     progress = json.loads(state["progress"]) if state.get("progress") else None
     return Job(
-        id=state["id"],
-        op=state["op"],
-        status=state["status"],
-        params=params,
-        owner=state["owner"],
-        created_at=float(state["created_at"]),
-        started_at=_optional_float(state, "started_at"),
+        id=state["id"], op=state["op"], status=state["status"], params=params, owner=state["owner"],
+        created_at=float(state["created_at"]), started_at=_optional_float(state, "started_at"),
         finished_at=_optional_float(state, "finished_at"),
-        progress=JobProgress(**progress) if progress else None,
-        attempts=int(state.get("attempts", 0)),
-        error=state.get("error") or None,
-        image_count=int(state.get("image_count", 0)),
-        expected_images=int(state["expected_images"]),
-        warnings=json.loads(state.get("warnings", "[]")),
+        progress=JobProgress(**progress) if progress else None, attempts=int(state.get("attempts", 0)),
+        error=state.get("error") or None, image_count=int(state.get("image_count", 0)),
+        expected_images=int(state["expected_images"]), warnings=json.loads(state.get("warnings", "[]")),
         cancel_requested=bool(state.get("cancel_requested")),
         scores=json.loads(state["scores"]) if state.get("scores") else None,
     )
@@ -162,13 +154,8 @@ class JobStore:
             params["seed"] = secrets.randbelow(SEED_BOUND)  # stored, so a retried job is reproducible
         job_id = secrets.token_hex(16)
         stream = self.settings.stream
-        keys = [
-            job_key(job_id),
-            stream,
-            counts_key(stream),
-            idempotency_key(owner, idempotency or ""),
-            owner_jobs_key(owner),
-        ]
+        keys = [job_key(job_id), stream, counts_key(stream), idempotency_key(owner, idempotency or ""),
+                owner_jobs_key(owner)]
         args = [job_id, op, to_json(params), owner, expected_images, self.settings.backlog_limit]
         if fingerprint or webhook:  # the optional arguments, left off when empty (the script reads '')
             args += [fingerprint, webhook.get("webhook", ""), webhook.get("webhook_events", "")]
@@ -183,22 +170,9 @@ class JobStore:
                 return existing
             # it expired between the script and this read: the key is free again
             return await self.submit(op, submitted, owner, expected_images, idempotency, webhook)
-        return Job(
-            id=job_id,
-            op=op,
-            status="queued",
-            params=params,
-            owner=owner,
-            created_at=float(value),
-            started_at=None,
-            finished_at=None,
-            progress=None,
-            attempts=0,
-            error=None,
-            image_count=0,
-            expected_images=expected_images,
-            warnings=[],
-        )
+        return Job(id=job_id, op=op, status="queued", params=params, owner=owner, created_at=float(value),
+                   started_at=None, finished_at=None, progress=None, attempts=0, error=None, image_count=0,
+                   expected_images=expected_images, warnings=[])
 
     async def list(self, owner: str, limit: int, after: str | None = None) -> tuple[list[Job], bool]:
         """The owner's jobs newest first, from just after job `after` (None: from the newest), at most

@@ -16,8 +16,7 @@ from service.webhooks.outbox import WEBHOOK_LUA_HELPERS
 
 _ALLOWED_JSON = json.dumps({status: {to: True for to in moves} for status, moves in TRANSITIONS.items()})
 
-_HELPERS = (
-    """
+_HELPERS = """
 local STATE_FIELDS = {'id', 'op', 'owner', 'status', 'created_at', 'started_at', 'finished_at', 'progress',
   'attempts', 'error', 'image_count', 'expected_images', 'warnings', 'cancel_requested', 'version', 'scores'}
 
@@ -61,18 +60,14 @@ end
 local function job_id_of(key)
   return string.sub(key, 5)  -- 'job:' .. id
 end
-""".replace("ALLOWED_JSON", _ALLOWED_JSON)
-    + WEBHOOK_LUA_HELPERS
-)
+""".replace("ALLOWED_JSON", _ALLOWED_JSON) + WEBHOOK_LUA_HELPERS
 
 # KEYS: job, stream, counts, idempotency key, owner's jobs (see layout).
 # ARGV: id, op, params, owner, expected_images, backlog_limit, request fingerprint ('' = no idempotency key),
 # webhook URL ('' = none), webhook events (comma-separated); the last three may be left off when all are ''.
 # Returns {1, created_at} (queued) | {0, queued} (backlog full) | {2, job id} (the key's job, same request)
 # | {3, job id} (the key's job, another request). A key whose job expired is taken over by the new job.
-SUBMIT_LUA = (
-    _HELPERS
-    + """
+SUBMIT_LUA = _HELPERS + """
 local fingerprint = ARGV[7] or ''
 if fingerprint ~= '' then
   local f = redis.call('HMGET', KEYS[4], 'job', 'fingerprint')
@@ -100,13 +95,10 @@ redis.call('ZREMRANGEBYRANK', KEYS[5], 0, -OWNER_JOBS_MAX - 1)
 redis.call('HINCRBY', KEYS[3], 'queued', 1)
 return {1, created_at}
 """.replace("OWNER_JOBS_MAX", str(OWNER_JOBS_MAX))
-)
 
 # KEYS: job, counts, stream. ARGV: owner, ttl. Returns the status the job has afterwards, or 'missing'.
 # Queued → cancelled at once (its stream entry deleted); running → flagged for the worker.
-CANCEL_LUA = (
-    _HELPERS
-    + """
+CANCEL_LUA = _HELPERS + """
 local f = redis.call('HMGET', KEYS[1], 'owner', 'status', 'entry', 'cancel_requested')
 if not f[2] or f[1] ~= ARGV[1] then return 'missing' end
 if f[2] == 'queued' then
@@ -123,13 +115,10 @@ if f[2] == 'running' and not f[4] then
 end
 return f[2]
 """
-)
 
 # KEYS: job, counts. ARGV: worker, max_attempts, ttl.
 # Returns {'run', attempts} | {'skip', status} | {'exhausted', attempts} (Python fails it) | {'missing'}.
-START_LUA = (
-    _HELPERS
-    + """
+START_LUA = _HELPERS + """
 local f = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'cancel_requested')
 local status = f[1]
 if not status then return {'missing'} end
@@ -154,12 +143,9 @@ publish(KEYS[1])
 webhook_notify(KEYS[1], job_id_of(KEYS[1]), 'start', tonumber(ARGV[3]))
 return {'run', attempts}
 """
-)
 
 # KEYS: job. ARGV: progress JSON, ttl (of a webhook delivery). Returns 1 when the job was asked to cancel.
-PROGRESS_LUA = (
-    _HELPERS
-    + """
+PROGRESS_LUA = _HELPERS + """
 local f = redis.call('HMGET', KEYS[1], 'status', 'progress', 'cancel_requested')
 if f[1] ~= 'running' then return 1 end
 if f[2] ~= ARGV[1] then
@@ -170,7 +156,6 @@ end
 if f[3] then return 1 end
 return 0
 """
-)
 
 # KEYS: job, counts, stream, dead-letter stream, result:{id}:0 .. result:{id}:{n-1}.
 # ARGV: group, entry ('' = none), status, error ('' = none), ttl, warnings JSON, scores JSON ('' = none),
@@ -178,9 +163,7 @@ return 0
 # Always acknowledges and deletes the entry; writes the terminal state only if the job has none yet
 # (and may move there: a queued job can fail, but not succeed).
 # Returns 1 when this call ended the job, 0 when it had ended already (or expired).
-FINISH_LUA = (
-    _HELPERS
-    + """
+FINISH_LUA = _HELPERS + """
 if ARGV[2] ~= '' then
   redis.call('XACK', KEYS[3], ARGV[1], ARGV[2])
   redis.call('XDEL', KEYS[3], ARGV[2])
@@ -204,7 +187,6 @@ publish(KEYS[1])
 webhook_notify(KEYS[1], job_id_of(KEYS[1]), 'completed', ttl)
 return 1
 """.replace("DEAD_LETTER_MAXLEN", str(DEAD_LETTER_MAXLEN))
-)
 
 
 # KEYS: stream. ARGV: group, consumer, entry ids... Resets the idle time of the entries this consumer still

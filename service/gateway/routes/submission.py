@@ -121,9 +121,7 @@ async def webhook_fields(
         return None
     try:
         return await check_subscription(
-            url,
-            body.webhook_events,
-            settings.webhook_secret is not None,
+            url, body.webhook_events, settings.webhook_secret is not None,
             guard or AddressGuard(settings.webhook_allow_hosts),
         )
     except WebhookRequestError as error:
