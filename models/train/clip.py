@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import random
-from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +17,7 @@ from models.clip import CLIP
 from models.tokenizer import Tokenizer
 from models.train import data, shapes
 from models.train.losses import contrastive_loss
-from models.train.stage import Batch, Stage, TrainingData, image_embeddings, pick
+from models.train.stage import Batch, Stage, TrainingData, pick
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps its temperature so the logits cannot blow up
 
@@ -82,10 +81,6 @@ class TextProjectionStage(CLIPStage):
     def __init__(self, models: UnCLIPModels, training_data: TrainingData, device: torch.device) -> None:
         super().__init__(models, training_data, device)
         self.start = models.clip.text_projection.detach().clone()  # [W, E], the projection it starts from
-
-    @cached_property
-    def image_embeds(self) -> torch.Tensor:
-        return image_embeddings(self.models.clip, self.data.pictures64[1], self.device)  # [N, E], frozen
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return [self.models.clip.text_projection]

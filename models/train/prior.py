@@ -16,7 +16,7 @@ import torch
 from models.train import data
 from models.train.clip import encode_captions
 from models.train.losses import TrainingSchedule, diffusion_loss
-from models.train.stage import Batch, Stage, bernoulli, image_embeddings, pick
+from models.train.stage import Batch, Stage, bernoulli, pick
 
 TEXT_DROPOUT = 0.1
 
@@ -27,10 +27,6 @@ class PriorStage(Stage):
     @cached_property
     def schedule(self) -> TrainingSchedule:
         return TrainingSchedule(self.models.config.prior_diffusion, self.device)
-
-    @cached_property
-    def image_embeds(self) -> torch.Tensor:
-        return image_embeddings(self.models.clip, self.data.pictures64[1], self.device)  # [N, E]
 
     @torch.no_grad()
     def make_batch(self, size: int, rng: random.Random) -> Batch:

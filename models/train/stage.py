@@ -88,6 +88,11 @@ class Stage(ABC):
     def module(self) -> nn.Module:
         return getattr(self.models, self.trains())
 
+    @cached_property
+    def image_embeds(self) -> torch.Tensor:
+        """The frozen CLIP's image embeddings `[N, E]` of the 64 px pool, computed once per run."""
+        return image_embeddings(self.models.clip, self.data.pictures64[1], self.device)
+
     def parameters(self) -> list[nn.Parameter]:
         """What the optimizer moves; the rest of the module stays as it is. All of it by default."""
         return list(self.module.parameters())
