@@ -77,6 +77,11 @@ class UnCLIPPipeline:
         resolved_device = resolve_device(device)
         resolved_dtype = resolve_dtype(dtype, resolved_device)
         models = load_checkpoint(folder or default_checkpoint(), resolved_device, resolved_dtype)
+        for unet in (models.decoder, models.sr256, models.sr256_last, models.sr1024):
+            if unet is not None:
+                # NHWC convolutions: oneDNN's and cuDNN's fast layout. Karlo-shaped, 256 px, 2-core Xeon
+                # (AMX): 4.8 -> 3.8 s per image in bf16, 7.1 -> 6.5 s in fp32 (`bench/pipeline.py`).
+                unet.to(memory_format=torch.channels_last)
         return cls(models, resolved_device, resolved_dtype)
 
     # Settings ---------------------------------------------------------------------------------------

@@ -96,6 +96,25 @@ def test_the_compiled_decoder_step_equals_eager(
     assert step.captured == {shape_key(args)}
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_the_unets_run_channels_last_to_the_same_result(folder: Path, dtype: torch.dtype) -> None:
+    """from_checkpoint puts the image UNets in NHWC (channels_last); against NCHW weights the decoder step
+    moves by rounding only: fp32 by the accumulation order (1e-4, as compiled), bf16 by a few bf16
+    roundings (the compiled-vs-eager bounds above)."""
+    pipeline = UnCLIPPipeline.from_checkpoint(folder, device="cpu", dtype=dtype)
+    decoder = pipeline.models.decoder
+    assert decoder.input_blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    args = decoder_args(pipeline, 2)
+    with torch.inference_mode():
+        nhwc = decoder(*args)
+        decoder.to(memory_format=torch.contiguous_format)
+        nchw = decoder(*args)
+    worst, average = (1e-4, 1e-5) if dtype == torch.float32 else (6e-2, 1e-2)
+    difference = (nhwc.float() - nchw.float()).abs()
+    assert nchw.float().abs().mean() > 0.05
+    assert difference.max() <= worst and difference.mean() <= average
+
+
 def test_an_uncaptured_batch_size_runs_eager_and_is_logged(
     fp32: UnCLIPPipeline, caplog: pytest.LogCaptureFixture
 ) -> None:
