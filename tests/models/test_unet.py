@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from models.config import named_config
-from models.unet import AttentionBlock, DecoderUNet, SuperResUNet
+from models.unet import AttentionBlock, DecoderUNet, GroupNorm, SuperResUNet
 
 TINY = named_config("tiny")
 E, W, L = TINY.clip.embed_dim, TINY.clip.text_width, TINY.clip.context_length
@@ -194,3 +194,19 @@ def test_position_embedding_starts_as_a_no_op_and_learns() -> None:
     with torch.no_grad():
         placed.position.copy_(torch.randn(placed.position.shape))
         assert not torch.allclose(placed(**inputs), out)
+
+
+@pytest.mark.parametrize("side", [8, 16, 32], ids=lambda side: f"{side}px")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_group_norm_keeps_channels_last_and_its_values(side: int, dtype: torch.dtype) -> None:
+    """Small bf16 maps are normalised through an NCHW copy (torch's channels-last kernel is slow there);
+    every path hands back the layout it got, with the float32 reference's values to a bf16 rounding."""
+    torch.manual_seed(0)
+    norm = GroupNorm(8, 32)
+    with torch.no_grad():
+        norm.weight.normal_(), norm.bias.normal_()
+    x = (3 * torch.randn(2, 32, side, side) + 1).to(dtype).contiguous(memory_format=torch.channels_last)
+    want = F.group_norm(x.float().contiguous(), 8, norm.weight, norm.bias, norm.eps)
+    got = norm.to(dtype)(x)
+    assert got.dtype == dtype and got.is_contiguous(memory_format=torch.channels_last)
+    assert (got.float() - want).abs().max() <= (1e-5 if dtype == torch.float32 else 3e-2 * want.abs().max())
