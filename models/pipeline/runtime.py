@@ -13,9 +13,10 @@ Modes (`COMPILE_MODES`):
 - "inductor": `torch.compile` (C++/OpenMP kernels on the CPU, Triton on CUDA).
 - "max-autotune": inductor that also times GEMM/convolution choices (slower compile, CUDA mostly).
 - "cudagraphs": inductor plus CUDA graphs (mode "reduce-overhead"), one graph per captured shape; CUDA only.
-- "auto": "inductor" on CUDA (where Triton is), "off" on the CPU: there compiling gained about 15 % in bf16
-  (`bench/pipeline.py`, Karlo-shaped, 256 px: 4.64 → 3.94 s) for 150-310 s of cold compile per start on the
-  2-core development CPU; set "inductor" to compile on a CPU whose compile cache survives restarts.
+- "auto": "inductor" on CUDA (where Triton is), "off" on the CPU: there compiling gained 10-20 % in bf16
+  (`bench/pipeline.py`, Karlo-shaped, 256 px: 3.67 → 3.29 s on a 2-core AMX Xeon, 4.64 → 3.94 s on an
+  AVX-512 EPYC) for 135-310 s of cold compile per start; set "inductor" to compile on a CPU whose compile
+  cache survives restarts.
 Where the chosen mode cannot run, `compile_mode` says why once and returns "off".
 
 Inductor keeps compiled kernels on disk (`use_compile_cache`): with a persistent folder a restarted worker
