@@ -89,7 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--seed", type=int, default=0)
 
     # Listed for --help only: main hands them to their own parser (python -m models.train) unparsed.
-    for name, what in (("train", "train the shapes-world checkpoint"), ("evaluate", "score a checkpoint")):
+    for name, what in (
+        ("train", "train the shapes-world checkpoint"),
+        ("evaluate", "score a checkpoint"),
+        ("blend", "blend a fine-tuned checkpoint with its start"),
+    ):
         commands.add_parser(name, help=f"{what} (unclip {name} --help)", add_help=False)
 
     from models.convert import add_arguments as add_import_arguments  # argparse only, no torch
@@ -100,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] in (["train"], ["evaluate"]):
+    if argv[:1] in (["train"], ["evaluate"], ["blend"]):
         from models.train.cli import main as train_main
 
         return train_main(argv)

@@ -1,4 +1,4 @@
-"""`python -m models.train {train,evaluate} ...`"""
+"""`python -m models.train {train,evaluate,blend} ...`"""
 
 from models.train.cli import main
 

@@ -1,8 +1,9 @@
-"""Command line of the shapes-world training: `train` (all stages or one) and `evaluate`.
+"""Command line of the shapes-world training: `train` (all stages or one), `evaluate` and `blend`.
 
 python -m models.train train --out models/weights/default --device cuda --seed 0
 python -m models.train train --out ckpt --stage decoder --steps 2000 --resume
 python -m models.train evaluate --checkpoint ckpt --sizes 64 256
+python -m models.train blend --base shipped --tuned ckpt --component decoder --weight 0.3 --out mix
 """
 
 from __future__ import annotations
@@ -48,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="render processes")
     run.add_argument("--save-every", type=int, default=1000, help="steps between checkpoint saves")
     run.add_argument("--no-progress", action="store_true")
+
+    mix = commands.add_parser("blend", help="blend a fine-tuned checkpoint's weights with its start's")
+    mix.add_argument("--base", type=Path, required=True, help="the checkpoint the fine-tune started from")
+    mix.add_argument("--tuned", type=Path, required=True, help="the fine-tuned checkpoint")
+    mix.add_argument("--component", nargs="+", required=True, help="components to blend (e.g. decoder)")
+    mix.add_argument("--weight", type=float, required=True, help="0 = base, 1 = tuned")
+    mix.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
 
     check = commands.add_parser("evaluate", help="generate held-out prompts and classify the pictures")
     check.add_argument("--checkpoint", type=Path, help="checkpoint folder (default: the shipped one)")
@@ -188,4 +196,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if args.command == "blend":
+        from models.train.blend import blend_checkpoints
+
+        blend_checkpoints(args.base, args.tuned, args.component, args.weight, args.out)
+        return 0
     return run_train(args) if args.command == "train" else run_evaluate(args)

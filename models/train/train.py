@@ -54,7 +54,9 @@ ALL_STAGES = tuple(name for name in STAGES if name != "clip_projection")
 # shape 83 % -> 90 % at 64 px on 96 prompts). A run from scratch has the loss and the embedding from the
 # start (the upsamplers, trained before the x0 weighting of losses.py, would get it too). A GPU affords
 # far more (--steps, or --init to continue). Issue 18 then refitted, from those weights: clip_projection
-# (600 steps, 86 s) and the prior (--init that, 3000 steps at lr 2e-4, 14 min).
+# (600 steps, 86 s) and the prior (--init that, 3000 steps at lr 2e-4, 14 min); then the decoder
+# (--init that, 12000 steps at lr 1e-4, 80 min), shipped as a 30 % blend with the decoder before it
+# (`unclip blend`, models/train/blend.py).
 DEFAULT_SETTINGS: dict[str, StageSettings] = {
     "clip": StageSettings(steps=2000, batch_size=128, lr=5e-4, weight_decay=0.05),
     "clip_projection": StageSettings(steps=600, batch_size=256, lr=1e-3),
