@@ -161,6 +161,13 @@ class CLIP(nn.Module):
 
     def encode_text(self, ids: torch.Tensor) -> TextEncoding:
         """ids `[B, L]` (start token, text, end-of-text token, padding) → TextEncoding."""
+        states, mask, pooled = self.text_tower(ids)
+        embeds = F.normalize((pooled @ self.text_projection).float(), dim=-1).to(states.dtype)
+        return TextEncoding(embeds, states, mask)
+
+    def text_tower(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """ids `[B, L]` → states `[B, L, W]`, mask `[B, L]` and pooled `[B, W]` (the end-of-text token's
+        state, which `text_projection` maps to z_t)."""
         length = ids.shape[1]
         # The end-of-text token holds the largest id (OpenAI's convention); argmax takes its first position.
         eot = ids.argmax(dim=-1)  # [B]
@@ -170,8 +177,7 @@ class CLIP(nn.Module):
         x = self.transformer(x, key_padding_mask=mask, causal=True)
         states = self.ln_final(x)  # [B, L, W]
         pooled = states[torch.arange(ids.shape[0], device=ids.device), eot]  # [B, W]
-        embeds = F.normalize((pooled @ self.text_projection).float(), dim=-1).to(states.dtype)
-        return TextEncoding(embeds, states, mask)
+        return states, mask, pooled
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """images `[B, 3, H, W]` in [-1, 1] → L2-normalised embeddings `[B, E]` (raw projections when

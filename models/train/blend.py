@@ -24,7 +24,7 @@ def blend_checkpoints(base: Path, tuned: Path, components: list[str], weight: fl
         raise CheckpointError(f"{base} and {tuned} have different configs: blend a fine-tune with its start")
     models, finetuned = load_checkpoint(base), load_checkpoint(tuned)
     for name in components:
-        module, other = getattr(models, name, None), getattr(finetuned, name, None)
+        module, other = models.components().get(name), finetuned.components().get(name)
         if module is None or other is None:
             raise CheckpointError(f"no component {name!r} in both checkpoints")
         with torch.no_grad():

@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 
 from models.checkpoint import UnCLIPModels
-from models.clip import CLIP
 from models.tokenizer import Tokenizer
 from models.train import data, shapes
 from models.train.losses import contrastive_loss
@@ -97,7 +96,8 @@ class TextProjectionStage(CLIPStage):
         text = clip.encode_text(batch["ids"]).embeds.float()  # [B, E], unit
         images = self.image_embeds[batch["index"]]  # [B, E], unit: the frozen image tower's, once per pool
         loss, parts = scored(clip.logit_scale.detach().exp() * images @ text.t(), batch["positives"])
-        pooled = end_of_text_states(clip, batch["template_ids"]).float()  # [B, W], frozen
+        with torch.no_grad():
+            pooled = clip.text_tower(batch["template_ids"])[2].float()  # [B, W], the frozen tower's
         now = F.normalize(pooled @ clip.text_projection.float(), dim=-1)
         start = F.normalize(pooled @ self.start.float(), dim=-1)
         drift = 1 - (now * start).sum(-1).mean()  # cosine distance of template z_t from where it started
@@ -105,10 +105,3 @@ class TextProjectionStage(CLIPStage):
 
 
 TEMPLATE_WEIGHT = 10.0  # the template z_t stay within a cosine of about 0.98 of their start
-
-
-@torch.no_grad()
-def end_of_text_states(clip: CLIP, ids: torch.Tensor) -> torch.Tensor:
-    """The final states `[B, W]` at each caption's end-of-text token: what the text projection maps to z_t."""
-    states = clip.encode_text(ids).states
-    return states[torch.arange(ids.shape[0], device=ids.device), ids.argmax(-1)]

@@ -44,6 +44,8 @@ def integral_floats_as_ints(data: Any) -> Any:
         return int(value) if whole else value
 
     return {name: integral(name, value) for name, value in data.items()}
+
+
 Base64Image = Annotated[
     str,
     Field(
