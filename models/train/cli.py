@@ -199,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "blend":
         from models.train.blend import blend_checkpoints
 
-        blend_checkpoints(args.base, args.tuned, args.component, args.weight, args.out)
+        try:
+            blend_checkpoints(args.base, args.tuned, args.component, args.weight, args.out)
+        except ValueError as error:  # CheckpointError is one: a folder or component that does not fit
+            print(f"unclip blend: {error}", file=sys.stderr)
+            return 2
         return 0
     return run_train(args) if args.command == "train" else run_evaluate(args)
