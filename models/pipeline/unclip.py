@@ -121,47 +121,55 @@ class UnCLIPPipeline:
     ) -> list[Image.Image]:
         """Text → images: prior (2 candidates, guided) → guided decoder → upsamplers.
 
-        With `sampling.best_of` k > 1, each item makes k images (candidate c seeded with
+        With `sampling.best_of` k > 1, each item draws k candidates (candidate c seeded with
         candidate_seed(seed, c)) and keeps the one whose CLIP image embedding is nearest its prompt's text
-        embedding; the kept image carries that cosine in `image.info[SCORE_KEY]`."""
+        embedding; the kept image carries that cosine in `image.info[SCORE_KEY]`. CLIP ranks the first
+        picture of the chain at least as large as its input (`_ranked_after`), so only the kept
+        candidates go through the upsamplers after it: the image is the one the candidate's seed gives
+        with best_of 1."""
         _same_length(prompts=prompts, seeds=seeds)
         self._check_size(sampling)
         k = sampling.best_of
-        if k == 1:
-            return self._generate(prompts, seeds, sampling, progress)
-        if self.models.clip.visual is None:
+        if k > 1 and self.models.clip.visual is None:
             raise ValueError(NO_RANKING)
-        candidates = self._generate(
-            [prompt for prompt in prompts for _ in range(k)],
-            [candidate_seed(seed, c) for seed in seeds for c in range(k)],
-            sampling,
-            progress,
-        )
-        return self._best(prompts, candidates, k)
-
-    def _generate(
-        self, prompts: list[str], seeds: list[int], sampling: Sampling, progress: ProgressCallback | None
-    ) -> list[Image.Image]:
-        generators = item_generators(seeds, self.device)
-        text = self._text(prompts)
+        rows = [candidate_seed(seed, c) for seed in seeds for c in range(k)]  # item-major; k = 1: the seeds
+        generators = item_generators(rows, self.device)
+        text = self._text([prompt for prompt in prompts for _ in range(k)])
         image_embed = self._prior(text, generators, sampling, progress)
         condition = DecoderCondition(image_embed, text.states, text.mask)
         x_T = self._noise(generators, self._decoder_size)
         x = self._decode(
             condition, x_T, generators, sampling, progress, image_guidance=sampling.decoder_image_guidance
         )
-        return tensor_to_images(self._upsample(x, generators, sampling, progress))
+        stages, scores = sampling.upsamplers(), None
+        if k > 1:
+            ranked_after = self._ranked_after(stages)
+            x = self._upsample(x, generators, sampling, progress, stages=stages[:ranked_after])
+            scores, kept = self._rank(prompts, x, k)
+            x, generators = x[kept], [generators[row] for row in kept]
+            stages = stages[ranked_after:]
+        images = tensor_to_images(self._upsample(x, generators, sampling, progress, stages=stages))
+        for image, score in zip(images, scores or (), strict=False):
+            image.info[SCORE_KEY] = score
+        return images
 
-    def _best(self, prompts: list[str], candidates: list[Image.Image], k: int) -> list[Image.Image]:
-        """Per prompt, of its k consecutive candidates the one nearest it in CLIP space, with its score."""
-        scores = clip_scores(self._text(prompts).embeds, self._image_embeds(candidates), k)
-        kept = []
-        for item, row in enumerate(scores.tolist()):
-            best = max(range(k), key=row.__getitem__)
-            image = candidates[item * k + best]
-            image.info[SCORE_KEY] = row[best]
-            kept.append(image)
-        return kept
+    def _ranked_after(self, stages: tuple[str, ...]) -> int:
+        """How many of the upsampling `stages` run before best_of's ranking: CLIP sees the first picture at
+        least its input size (the shipped CLIP's 32 px: the decoder's 64 px; Karlo's 224 px: sr256's)."""
+        size = self._decoder_size
+        for done, stage in enumerate(stages):
+            if size >= self.models.config.clip.image_size:
+                return done
+            size = getattr(self.models.config, stage).image_size
+        return len(stages)
+
+    def _rank(self, prompts: list[str], x: torch.Tensor, k: int) -> tuple[list[float], list[int]]:
+        """Per prompt, of its k consecutive candidate rows of x `[B * k, 3, s, s]` the one nearest it in
+        CLIP space: its cosine, and its row."""
+        scores = clip_scores(self._text(prompts).embeds, self._image_embeds(tensor_to_images(x)), k)
+        best = scores.argmax(dim=1)  # [B]
+        kept = (torch.arange(len(prompts), device=best.device) * k + best).tolist()
+        return scores.gather(1, best[:, None])[:, 0].tolist(), kept
 
     @torch.inference_mode()
     def variation(
@@ -391,13 +399,15 @@ class UnCLIPPipeline:
         sampling: Sampling,
         progress: ProgressCallback | None,
         region_at: RegionAt | None = None,
+        stages: tuple[str, ...] | None = None,
     ) -> torch.Tensor:
-        """64 px images `[B, 3, 64, 64]` → `[B, 3, size, size]` through the upsamplers `size` needs.
+        """64 px images `[B, 3, 64, 64]` → `[B, 3, size, size]` through the upsamplers `size` needs (or
+        through `stages` of them, from the size x has).
 
         Each upsampler sees the previous stage's image clipped to [-1, 1]; a checkpoint with sr256_last
         runs it for sr256's last step.
         """
-        for stage in sampling.upsamplers():
+        for stage in sampling.upsamplers() if stages is None else stages:
             upsampler = getattr(self.models, stage)
             size = getattr(self.models.config, stage).image_size
             diffusion = self._diffusion(stage, getattr(sampling, f"{stage}_steps"))

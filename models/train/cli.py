@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--prior-guidance", type=float)
     check.add_argument("--decoder-guidance", type=float, help="the caption's guidance scale")
     check.add_argument("--decoder-image-guidance", type=float, help="z_i guidance, apart from the caption")
+    check.add_argument("--best-of", type=int, help="candidates per picture, the one nearest its prompt kept")
     check.add_argument("--no-operations", action="store_true", help="skip variation/interpolation/... checks")
     check.add_argument("--images", type=Path, help="also save every generated picture here")
     check.add_argument("--json", type=Path, help="also write the figures here")
@@ -147,6 +148,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "prior_guidance": args.prior_guidance,
         "decoder_guidance": args.decoder_guidance,
         "decoder_image_guidance": args.decoder_image_guidance,
+        "best_of": args.best_of,
     }
     # Repeat r words the prompts afresh (prompt seed + r), draws noise from seeds REPEAT_SEEDS·r on and
     # checks the operations on inputs of that seed; the figures are over all repeats.

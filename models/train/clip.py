@@ -77,8 +77,14 @@ class TextProjectionStage(CLIPStage):
     name = "clip_projection"
     component = "clip"
 
-    def __init__(self, models: UnCLIPModels, training_data: TrainingData, device: torch.device) -> None:
-        super().__init__(models, training_data, device)
+    def __init__(
+        self,
+        models: UnCLIPModels,
+        training_data: TrainingData,
+        device: torch.device,
+        reference: UnCLIPModels | None = None,
+    ) -> None:
+        super().__init__(models, training_data, device, reference)
         self.start = models.clip.text_projection.detach().clone()  # [W, E], the projection it starts from
 
     def parameters(self) -> list[torch.nn.Parameter]:

@@ -12,11 +12,14 @@ import random
 from functools import cached_property
 
 import torch
+import torch.nn.functional as F
 
+from models.checkpoint import UnCLIPModels
+from models.pipeline.latents import slerp
 from models.train import data
 from models.train.clip import encode_captions
 from models.train.losses import TrainingSchedule, diffusion_loss
-from models.train.stage import Batch, Stage, bernoulli, pick
+from models.train.stage import Batch, Stage, TrainingData, bernoulli, pick
 
 IMAGE_DROPOUT = 0.1
 TEXT_DROPOUT = 0.5
@@ -58,6 +61,7 @@ class DecoderStage(Stage):
         return {
             "images": data.to_model_range(pictures[index].to(self.device)),
             "image_embeds": self.image_embeds[index],
+            "text_embeds": text.embeds.float(),
             "text_states": text.states,
             "text_mask": text.mask,
         }
@@ -80,3 +84,57 @@ class DecoderStage(Stage):
             inpaint = {"inpaint_image": x0, "inpaint_mask": masks}
         output = decoder(x_t, t, image_embeds, batch["text_states"], text_mask, **inpaint)
         return diffusion_loss(self.schedule, output, x0, x_t, t, noise)
+
+
+ANCHOR_ROWS = 8  # rows per batch whose off-picture, caption-less output is held to the reference decoder
+ANCHOR_WEIGHT = 1.0
+
+
+class AnchoredDecoderStage(DecoderStage):
+    """The decoder fine-tuned from `--init` (on the caption grammar), its caption-less response to
+    off-picture image embeddings held where the `--init` decoder had it.
+
+    The text diff decodes slerp(z_i, z_d, θ), z_d = norm(z_t − z_t0)·|z_i|, with no caption: an
+    embedding no training picture has. A plain fine-tune learns the captioned rows and lets that
+    response drift (its text diff toward "a blue circle" drew a blue shape beside the orange circle, 0 of
+    5). Each batch's first ANCHOR_ROWS pictures are noised afresh and decoded without caption from their
+    z_i turned by θ ~ U(0, 1) toward the direction from their caption's z_t to the next row's; the
+    target is the frozen reference decoder's output there (distillation, as the CLIP refit holds its
+    template z_t).
+    """
+
+    name = "decoder_anchored"
+    component = "decoder"
+
+    def __init__(
+        self,
+        models: UnCLIPModels,
+        training_data: TrainingData,
+        device: torch.device,
+        reference: UnCLIPModels | None = None,
+    ) -> None:
+        super().__init__(models, training_data, device, reference)
+        if reference is None:
+            raise ValueError("decoder_anchored fine-tunes a trained decoder: give it with --init")
+        self.teacher = reference.decoder.to(device).eval().requires_grad_(False)
+
+    def loss(self, batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss, parts = super().loss(batch, generator)
+        x0 = batch["images"][:ANCHOR_ROWS]  # [A, 3, 64, 64]
+        rows, device = x0.shape[0], self.device
+        image_embeds = batch["image_embeds"][:rows]  # [A, E]
+        text_embeds = batch["text_embeds"][:rows]
+        direction = F.normalize(text_embeds.roll(1, 0) - text_embeds, dim=-1)
+        theta = torch.rand(rows, generator=generator, device=device)
+        turned = slerp(image_embeds, direction * image_embeds.norm(dim=-1, keepdim=True), theta)
+        t = self.schedule.sample_t(rows, generator, device)
+        x_t = self.schedule.q_sample(x0, t, torch.randn(x0.shape, generator=generator, device=device))
+        no_caption = torch.zeros_like(batch["text_mask"][:rows])
+        inputs = (x_t, t, turned, batch["text_states"][:rows], no_caption)
+        inpaint = {}
+        if self.models.decoder.supports_inpainting:  # "nothing known", as in generation
+            inpaint = {"inpaint_image": x0, "inpaint_mask": torch.zeros_like(x0[:, :1])}
+        with torch.no_grad():
+            target = self.teacher(*inputs, **inpaint).float()
+        drift = (self.models.decoder(*inputs, **inpaint).float() - target).pow(2).mean()
+        return loss.mean() + ANCHOR_WEIGHT * drift, {**parts, "drift": drift.detach()}

@@ -77,7 +77,14 @@ class Stage(ABC):
     name: ClassVar[str]  # the stage: its training state, seeds and logs
     component: ClassVar[str | None] = None  # the component of UnCLIPModels it trains; None: `name`
 
-    def __init__(self, models: UnCLIPModels, training_data: TrainingData, device: torch.device) -> None:
+    def __init__(
+        self,
+        models: UnCLIPModels,
+        training_data: TrainingData,
+        device: torch.device,
+        reference: UnCLIPModels | None = None,
+    ) -> None:
+        """`reference`: the `--init` checkpoint as it was loaded, for stages that hold a fine-tune to it."""
         self.models, self.data, self.device = models, training_data, device
 
     @classmethod

@@ -28,7 +28,7 @@ from models.config import named_config
 from models.tokenizer import build_tokenizer
 from models.train.clip import CLIPStage, TextProjectionStage
 from models.train.data import DEFAULT_CACHE
-from models.train.decoder import DecoderStage
+from models.train.decoder import AnchoredDecoderStage, DecoderStage
 from models.train.loop import StageResult, train_stage
 from models.train.prior import PriorStage
 from models.train.shapes import caption_words
@@ -40,12 +40,13 @@ STAGES: dict[str, type[Stage]] = {
     "clip_projection": TextProjectionStage,
     "prior": PriorStage,
     "decoder": DecoderStage,
+    "decoder_anchored": AnchoredDecoderStage,
     "sr256": SR256Stage,
     "sr1024": SR1024Stage,
 }
-# What `--stage all` trains. clip_projection is a refit of a trained checkpoint's CLIP (`--init`): CLIP
-# trained from scratch already learns the caption grammar.
-ALL_STAGES = tuple(name for name in STAGES if name != "clip_projection")
+# What `--stage all` trains. clip_projection and decoder_anchored refit a trained checkpoint (`--init`):
+# trained from scratch, CLIP and the decoder already learn the caption grammar.
+ALL_STAGES = tuple(name for name in STAGES if name not in ("clip_projection", "decoder_anchored"))
 
 # The recipe of the shipped checkpoint, on the 2-core development CPU: clip 17, prior 22, decoder 84 + 93 +
 # 116, sr256 14, sr1024 32 min. The decoder came in three runs, each from the previous EMA weights with a
@@ -62,6 +63,7 @@ DEFAULT_SETTINGS: dict[str, StageSettings] = {
     "clip_projection": StageSettings(steps=600, batch_size=256, lr=1e-3),
     "prior": StageSettings(steps=3000, batch_size=128, lr=3e-4),
     "decoder": StageSettings(steps=28000, batch_size=32, lr=4e-4),
+    "decoder_anchored": StageSettings(steps=12000, batch_size=32, lr=1e-4),
     "sr256": StageSettings(steps=1300, batch_size=32, lr=3e-4),
     "sr1024": StageSettings(steps=3200, batch_size=8, lr=3e-4),
 }
@@ -133,10 +135,12 @@ def train(options: TrainOptions) -> list[StageResult]:
         torch.backends.cudnn.allow_tf32 = True
     _check_run(options)
     models = initial_models(options, device)
+    # What a fine-tune starts from, also when it resumes (then `models` are the resumed weights).
+    reference = None if options.init is None else load_checkpoint(options.init, device=device)
     training_data = TrainingData(options.seed, options.pools, options.cache, options.workers)
     results = []
     for name in (s for s in STAGES if s in options.stages):  # always in pipeline order
-        stage = STAGES[name](models, training_data, device)
+        stage = STAGES[name](models, training_data, device, reference)
 
         def save(weights: nn.Module, name: str = name) -> None:
             save_checkpoint(dataclasses.replace(models, **{STAGES[name].trains(): weights}), options.out)

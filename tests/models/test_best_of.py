@@ -70,3 +70,30 @@ def test_a_checkpoint_without_an_image_encoder_refuses_best_of(pipeline: UnCLIPP
     assert text_only.sampling(best_of=1).best_of == 1
     with pytest.raises(ValueError, match="best_of needs a CLIP image encoder"):
         text_only.sampling(best_of=2)
+
+
+def test_best_of_ranks_the_decoders_pictures_and_upsamples_only_the_kept_ones(
+    rowwise: UnCLIPPipeline,  # noqa: F811
+) -> None:
+    """CLIP (32 px here) ranks the 64 px candidates; sr256 then runs on the two kept ones, not on all six,
+    and each kept image is the one its candidate's seed gives with best_of 1."""
+    sampling = rowwise.sampling(size=256, prior_steps=2, decoder_steps=2, sr256_steps=1, best_of=3)
+    upsampled = []
+    sr256 = rowwise.models.sr256._module  # rowwise calls it one row at a time
+    forward = sr256.forward
+    sr256.forward = lambda x, *args, **kwargs: upsampled.append(len(x)) or forward(x, *args, **kwargs)
+    try:
+        kept = rowwise.generate(PROMPTS, SEEDS, sampling)
+    finally:
+        del sr256.forward
+    assert sum(upsampled) == 2  # one step over the two kept rows
+
+    single = dataclasses.replace(sampling, best_of=1)
+    prompt, seed = PROMPTS[1], SEEDS[1]
+    seeds = [candidate_seed(seed, c) for c in range(3)]
+    drafts = rowwise.generate([prompt] * 3, seeds, dataclasses.replace(single, size=64))
+    with torch.inference_mode():
+        scores = clip_scores(rowwise._text([prompt]).embeds, rowwise._image_embeds(drafts), 3)[0]
+    best = int(scores.argmax())
+    assert_same([kept[1]], rowwise.generate([prompt], [seeds[best]], single))
+    assert kept[1].size == (256, 256) and kept[1].info[SCORE_KEY] == pytest.approx(float(scores[best]), abs=1e-6)

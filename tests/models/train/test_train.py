@@ -50,7 +50,7 @@ def test_each_stage_fits_a_fixed_batch(name: str) -> None:
     """The loss of one batch, with its noise and dropout held fixed, falls fast: gradients reach the
     trained network through the whole loss."""
     models = tiny_models()
-    stage = STAGES[name](models, tiny_data(), CPU)
+    stage = STAGES[name](models, tiny_data(), CPU, reference=tiny_models())
     stage.module.train().requires_grad_(False)
     trained = stage.parameters()
     for parameter in trained:
@@ -89,6 +89,34 @@ def test_the_text_projection_stage_moves_z_t_and_leaves_the_token_states() -> No
     assert not torch.allclose(before.embeds, after.embeds)
     # the template captions' z_t are held where the projection started: moving it costs
     assert stage.loss(batch, torch.Generator())[1]["drift"] > 1e-3
+
+
+def test_the_anchored_decoder_holds_its_captionless_response_off_the_pictures() -> None:
+    """decoder_anchored adds a distillation term: on caption-less rows whose z_i is turned away from its
+    picture (as the text diff turns it), the decoder's output is held to the --init decoder's."""
+    with pytest.raises(ValueError, match="--init"):
+        STAGES["decoder_anchored"](tiny_models(), tiny_data(), CPU)
+    models, reference = tiny_models(), tiny_models()  # the same seed: equal weights, as after --init
+    stage = STAGES["decoder_anchored"](models, tiny_data(), CPU, reference)
+    seen = []
+    teacher = stage.teacher
+    stage.teacher = lambda *inputs, **inpaint: seen.append(inputs) or teacher(*inputs, **inpaint)
+    batch = stage.make_batch(4, random.Random(0))
+    loss, parts = stage.loss(batch, torch.Generator().manual_seed(0))
+    assert parts["drift"] == pytest.approx(0, abs=1e-10)
+    _, _, turned, _, text_mask = seen[0]
+    assert not text_mask.any()  # no caption
+    z_i = batch["image_embeds"]
+    assert torch.allclose(turned.norm(dim=-1), z_i.norm(dim=-1), atol=1e-5)  # z_i's length, turned
+    assert (torch.nn.functional.cosine_similarity(turned, z_i) < 0.9999).all()
+    with torch.no_grad():
+        for parameter in models.decoder.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.01)
+    loss, parts = stage.loss(batch, torch.Generator().manual_seed(0))
+    assert parts["drift"] > 1e-6
+    loss.backward()  # the reference stays as it was: no gradient reaches it
+    assert all(p.grad is None and not p.requires_grad for p in reference.decoder.parameters())
+    assert all(p.grad is not None for p in models.decoder.parameters() if p.requires_grad)
 
 
 @pytest.mark.parametrize("name", ["decoder", "sr256", "sr1024"])
