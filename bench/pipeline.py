@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import os
 import platform
 import statistics
@@ -325,19 +326,19 @@ def default_part(
                                                   max(args.default_sizes))  # fmt: skip
         except Exception as failure:  # reported in the table
             error = f"{type(failure).__name__}: {failure}"
-        for size in args.default_sizes:
-            for batch in args.default_batches:
-                cell = Cell("ours (shipped)", setting.name, size, batch, error=error)
-                name = f"default {setting.name} {size} px batch {batch}"
-                if pipe is not None:
-                    sampling = pipe.sampling(size=size, **(quick if args.quick else {}))
-                    prompts, seeds = [PROMPT] * batch, list(range(batch))
-                    with torch.inference_mode():
-                        measure({name: lambda p=pipe, a=prompts, b=seeds, s=sampling: p.generate(a, b, s)},
-                                {name: cell}, args.runs, device, name)  # fmt: skip
-                    if compile_seconds is not None:
-                        cell.compile_seconds, compile_seconds = compile_seconds, None
-                cells.append(cell)
+        for size, batch, best_of in itertools.product(args.default_sizes, args.default_batches, args.best_of):
+            label = setting.name if best_of == 1 else f"{setting.name}, best_of {best_of}"
+            cell = Cell("ours (shipped)", label, size, batch, error=error)
+            name = f"default {label} {size} px batch {batch}"
+            if pipe is not None:
+                sampling = pipe.sampling(size=size, best_of=best_of, **(quick if args.quick else {}))
+                prompts, seeds = [PROMPT] * batch, list(range(batch))
+                with torch.inference_mode():
+                    measure({name: lambda p=pipe, a=prompts, b=seeds, s=sampling: p.generate(a, b, s)},
+                            {name: cell}, args.runs, device, name)  # fmt: skip
+                if compile_seconds is not None:
+                    cell.compile_seconds, compile_seconds = compile_seconds, None
+            cells.append(cell)
         if pipe is not None and not notes:
             counts = {n: parameters(m) / 1e6 for n, m in pipe.models.components().items()}
             sampling = pipe.sampling(size=max(args.default_sizes), **(quick if args.quick else {}))
@@ -480,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-diffusers", action="store_true", help="karlo: ours only")
     parser.add_argument("--default-sizes", type=parse_ints, default=[64, 256, 1024])
     parser.add_argument("--default-batches", type=parse_ints, default=[1, 2, 4, 8])
+    parser.add_argument("--best-of", type=parse_ints, default=[1], help="shipped model: candidates per image")
     parser.add_argument(
         "--default-settings", default="best", help="shipped model settings (best = the worker's)"
     )

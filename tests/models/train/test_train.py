@@ -93,7 +93,7 @@ def test_the_text_projection_stage_moves_z_t_and_leaves_the_token_states() -> No
 
 def test_the_anchored_decoder_holds_its_captionless_response_off_the_pictures() -> None:
     """decoder_anchored adds a distillation term: on caption-less rows whose z_i is turned away from its
-    picture (as the text diff turns it), the decoder's output is held to the --init decoder's."""
+    picture (as the text diff turns it), the decoder's guided output is held to the --init decoder's."""
     with pytest.raises(ValueError, match="--init"):
         STAGES["decoder_anchored"](tiny_models(), tiny_data(), CPU)
     models, reference = tiny_models(), tiny_models()  # the same seed: equal weights, as after --init
@@ -104,8 +104,10 @@ def test_the_anchored_decoder_holds_its_captionless_response_off_the_pictures() 
     batch = stage.make_batch(4, random.Random(0))
     loss, parts = stage.loss(batch, torch.Generator().manual_seed(0))
     assert parts["drift"] == pytest.approx(0, abs=1e-10)
-    _, _, turned, _, text_mask = seen[0]
+    _, _, embeds, _, text_mask = seen[0]
     assert not text_mask.any()  # no caption
+    turned, null = embeds.chunk(2)  # the guided output: conditioned and null rows
+    assert not null.any()
     z_i = batch["image_embeds"]
     assert torch.allclose(turned.norm(dim=-1), z_i.norm(dim=-1), atol=1e-5)  # z_i's length, turned
     assert (torch.nn.functional.cosine_similarity(turned, z_i) < 0.9999).all()
