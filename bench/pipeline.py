@@ -3,7 +3,7 @@
     .venv/bin/python bench/pipeline.py [--device auto] [--runs 3] [--quick] [--only karlo|default]
         [--settings eager-fp32,eager-bf16,compiled-fp32,compiled-bf16] [--sizes 64,256] [--batches 1]
         [--scale 0.1] [--steps 25,25,7] [--default-sizes 64,256,1024] [--default-batches 1,2,4,8]
-        [--default-settings best] [--no-diffusers]
+        [--default-settings best] [--best-of 1,4] [--no-diffusers]
 
 Two parts:
 - karlo: a random Karlo-shaped model (bench/karlo_models.py: Karlo's block types, depths, resolutions and
@@ -19,7 +19,9 @@ Two parts:
 - default: the shipped checkpoint (a random 'small' one where it is missing) at --default-sizes ×
   --default-batches in --default-settings ("best": what the worker runs here, `resolve_dtype("auto")`
   and `compile_mode("auto")`), as seconds per image and images per second; ratio = s/image ÷ the issue-5
-  budget (256 px 5 s, 1024 px 60 s, set for a 2-core CPU).
+  budget (256 px 5 s, 1024 px 60 s, set for a 2-core CPU). With --best-of k > 1, each k runs twice: as
+  the pipeline does it (CLIP ranks the decoder's candidates, only the kept one is upsampled) and as the
+  baseline "ranked at full size" (every candidate upsampled, then ranked: best_of before 2026-12-07).
 
 Every number is a median over --runs timed runs after a warm-up run, clocks read after
 torch.cuda.synchronize on CUDA; on CUDA the peak memory of each case is reported too. Progress goes to
@@ -29,6 +31,7 @@ stderr, the tables to stdout.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import itertools
 import os
@@ -50,10 +53,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 from karlo_models import KarloShape, karlo_shape, load_diffusers_pipeline, save_karlo_folder
 
 from models.checkpoint import CONFIG_FILE, DEFAULT_FOLDER, init_checkpoint
+from models.contract import candidate_seed
 from models.convert.karlo import import_karlo
-from models.pipeline import UnCLIPPipeline, stages
+from models.pipeline import Sampling, UnCLIPPipeline, stages
 from models.pipeline.devices import DTYPES, resolve_device, resolve_dtype
 from models.pipeline.runtime import capture, compile_mode, compile_pipeline
+from models.pipeline.unclip import clip_scores
 
 PROMPT = "a photo of a red circle on the left of a blue square"
 KARLO_STEPS = (25, 25, 7)  # prior, decoder, super-res: Karlo's UnCLIPPipeline defaults
@@ -326,16 +331,21 @@ def default_part(
                                                   max(args.default_sizes))  # fmt: skip
         except Exception as failure:  # reported in the table
             error = f"{type(failure).__name__}: {failure}"
-        for size, batch, best_of in itertools.product(args.default_sizes, args.default_batches, args.best_of):
-            label = setting.name if best_of == 1 else f"{setting.name}, best_of {best_of}"
-            cell = Cell("ours (shipped)", label, size, batch, error=error)
-            name = f"default {label} {size} px batch {batch}"
+        for size, batch, best_of, late in itertools.product(
+            args.default_sizes, args.default_batches, args.best_of, (False, True)
+        ):
+            if late and best_of == 1:
+                continue
+            name = setting.name if best_of == 1 else f"{setting.name}, best_of {best_of}"
+            name += ", ranked at full size" if late else ""
+            cell = Cell("ours (shipped)", name, size, batch, error=error)
             if pipe is not None:
                 sampling = pipe.sampling(size=size, best_of=best_of, **(quick if args.quick else {}))
                 prompts, seeds = [PROMPT] * batch, list(range(batch))
+                run = ranked_at_full_size if late else UnCLIPPipeline.generate
                 with torch.inference_mode():
-                    measure({name: lambda p=pipe, a=prompts, b=seeds, s=sampling: p.generate(a, b, s)},
-                            {name: cell}, args.runs, device, name)  # fmt: skip
+                    measure({name: lambda r=run, p=pipe, a=prompts, b=seeds, s=sampling: r(p, a, b, s)},
+                            {name: cell}, args.runs, device, f"{name} {size} px batch {batch}")  # fmt: skip
                 if compile_seconds is not None:
                     cell.compile_seconds, compile_seconds = compile_seconds, None
             cells.append(cell)
@@ -349,6 +359,17 @@ def default_part(
         del pipe
         gc.collect()
     return cells, notes
+
+
+def ranked_at_full_size(
+    pipe: UnCLIPPipeline, prompts: list[str], seeds: list[int], sampling: Sampling
+) -> None:
+    """best_of as it was before 2026-12-07, the baseline: every candidate upsampled, then ranked."""
+    k = sampling.best_of
+    rows = [candidate_seed(seed, c) for seed in seeds for c in range(k)]
+    single = dataclasses.replace(sampling, best_of=1)
+    images = pipe.generate([prompt for prompt in prompts for _ in range(k)], rows, single)
+    clip_scores(pipe._text(prompts).embeds, pipe._image_embeds(images), k).argmax(dim=1)
 
 
 # Report -----------------------------------------------------------------------------------------------
@@ -451,9 +472,15 @@ def default_table(cells: list[Cell], runs: int) -> None:
                       f"{budget:g}" if budget else "–", ratio])  # fmt: skip
     print("The shipped model (ours):")
     print_table(table)
+    late = ", ranked at full size"
     for cell in cells:
         if cell.error:
             print(f"failed: {cell.setting} {cell.size} px batch {cell.batch}: {cell.error}")
+        baseline = next((c for c in cells if c.setting == cell.setting + late and c.size == cell.size
+                         and c.batch == cell.batch and not c.error), None)  # fmt: skip
+        if baseline is not None and not cell.error:
+            print(f"{cell.setting} ÷ {baseline.setting}, {cell.size} px batch {cell.batch}: "
+                  f"{cell.median / baseline.median:.3f}")  # fmt: skip
 
 
 def parse_ints(text: str) -> list[int]:
