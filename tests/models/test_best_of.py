@@ -96,4 +96,5 @@ def test_best_of_ranks_the_decoders_pictures_and_upsamples_only_the_kept_ones(
         scores = clip_scores(rowwise._text([prompt]).embeds, rowwise._image_embeds(drafts), 3)[0]
     best = int(scores.argmax())
     assert_same([kept[1]], rowwise.generate([prompt], [seeds[best]], single))
-    assert kept[1].size == (256, 256) and kept[1].info[SCORE_KEY] == pytest.approx(float(scores[best]), abs=1e-6)
+    assert kept[1].size == (256, 256)
+    assert kept[1].info[SCORE_KEY] == pytest.approx(float(scores[best]), abs=1e-6)
