@@ -166,5 +166,7 @@ def test_float32_generation_matches_karlos_unclip_pipeline(karlo: tuple[Path, Pa
     assert ours.shape == theirs.shape == (2, 64, 64, 3)
     assert difference.mean() <= 1e-4  # a wrong mapping, variance or null moves it by 1e-2 or more
     assert (difference <= 1e-4).float().mean() >= 0.9  # all but the pixels of the t=999 amplification
-    assert difference.max() <= 1e-2
+    # The amplified few: up to 1.1e-2 on an AMD EPYC, where oneDNN runs our channels-last convolutions
+    # with other float32 algorithms than the Xeon's (where they stay under 1e-2).
+    assert difference.max() <= 2e-2
     assert (ours[0] - ours[1]).abs().mean() > 0.1  # the two items are different images
