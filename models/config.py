@@ -192,6 +192,10 @@ class UNetConfig(_JSONConfig):
     text_width: int = 0  # W of the CLIP token states
     context_width: int = 0  # width the text tokens and CLIP tokens are projected to
     clip_context_tokens: int = 4
+    # Bidirectional transformer blocks over the projected caption tokens, trained with the decoder (GLIDE's
+    # decoder reads its caption through its own transformer; CLIP trained its causal token states only
+    # through the end-of-text token). 0: the tokens go to attention as projected.
+    caption_layers: int = 0
     # Options that reproduce Karlo's decoder (kept off for our own checkpoints):
     text_embed_to_time: bool = False  # project the end-of-text token state into the timestep embedding
     learned_null_image: bool = False  # an all-zero image_embed row (the guidance null) becomes a learned one
@@ -213,6 +217,8 @@ class UNetConfig(_JSONConfig):
             raise ValueError(f"a decoder takes 3 or 7 (inpainting) input channels, got {self.in_channels}")
         if self.kind == "decoder" and min(self.clip_embed_dim, self.text_width, self.context_width) <= 0:
             raise ValueError("a decoder needs clip_embed_dim, text_width and context_width")
+        if self.caption_layers and (self.kind != "decoder" or self.caption_layers < 0):
+            raise ValueError(f"caption_layers is a decoder's, and not negative: got {self.caption_layers}")
         if self.kind == "sr" and self.in_channels != 6:
             raise ValueError(f"an upsampler takes 6 input channels (x_t + low-res), got {self.in_channels}")
         if self.low_res_upsample not in UPSAMPLE_MODES:

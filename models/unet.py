@@ -6,7 +6,8 @@ configured resolutions (heads of `num_head_channels`). Conditioned models are sm
 `forward` adds inputs:
 - `DecoderUNet` (unCLIP §2.2): the CLIP image embedding is added to the timestep embedding and also
   projected to 4 context tokens put in front of the projected CLIP text tokens; every attention layer's
-  keys/values are `[context tokens, spatial tokens]`. Optional GLIDE inpainting input (7 channels).
+  keys/values are `[context tokens, spatial tokens]`. Optional GLIDE inpainting input (7 channels), and an
+  optional caption encoder (`caption_layers`) over the projected text tokens.
 - `SuperResUNet`: the low-resolution image, upsampled bilinearly, is concatenated to x_t.
 """
 
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.attention import attention
+from models.clip import Transformer
 from models.config import UNetConfig
 from models.nn import LayerNorm, timestep_embedding
 
@@ -307,6 +309,23 @@ class UNet(nn.Module):
         return self.denoise(x, self.timestep_embed(t))
 
 
+CAPTION_HEAD_WIDTH = 32
+
+
+def caption_encoder(width: int, layers: int) -> Transformer | None:
+    """`layers` pre-norm transformer blocks over caption tokens `[B, L, width]`, each block's output
+    projections zero: a new encoder is the identity, so it can be added to a trained decoder and
+    fine-tuned from exactly that decoder's behaviour."""
+    if not layers:
+        return None
+    encoder = Transformer(width, layers, max(1, width // CAPTION_HEAD_WIDTH), 4 * width, "gelu")
+    for block in encoder.resblocks:
+        for projection in (block.attn.out_proj, block.mlp.c_proj):
+            nn.init.zeros_(projection.weight)
+            nn.init.zeros_(projection.bias)
+    return encoder
+
+
 class DecoderUNet(UNet):
     """The unCLIP decoder: x_t `[B, 3, H, W]` conditioned on a CLIP image embedding and CLIP text tokens.
 
@@ -323,6 +342,7 @@ class DecoderUNet(UNet):
         )
         self.text_proj = nn.Linear(config.text_width, config.context_width)
         self.text_norm = LayerNorm(config.context_width)
+        self.caption_encoder = caption_encoder(config.context_width, config.caption_layers)
         # Karlo's conditioning (UNetConfig options): the end-of-text state projected into the timestep
         # embedding (its CLIP text projection folded in), a learned guidance-null image embedding, and
         # the empty prompt's leading token states as the null text.
@@ -359,6 +379,8 @@ class DecoderUNet(UNet):
             emb = emb + self.text_time_proj(text_states[torch.arange(x.shape[0], device=x.device), eot])
         clip_tokens = self.clip_tokens_proj(image_embed).view(x.shape[0], self.clip_context_tokens, -1)
         text_tokens = self.text_norm(self.text_proj(text_states))  # [B, L, context_width]
+        if self.caption_encoder is not None:  # a dropped caption (no real token) gives zeros; masked below
+            text_tokens = self.caption_encoder(text_tokens, key_padding_mask=text_mask)
         context = torch.cat([clip_tokens, text_tokens], dim=1)  # [B, 4 + L, context_width]
         context_mask = F.pad(text_mask, (self.clip_context_tokens, 0), value=True)  # [B, 4 + L]
         return self.denoise(

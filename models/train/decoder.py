@@ -8,6 +8,7 @@ region (`random_keep_masks`) as inpainting input, the others "nothing known" (ma
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from functools import cached_property
 
@@ -20,6 +21,7 @@ from models.train import data
 from models.train.clip import encode_captions
 from models.train.losses import TrainingSchedule, diffusion_loss
 from models.train.stage import Batch, Stage, TrainingData, bernoulli, pick
+from models.unet import DecoderUNet
 
 IMAGE_DROPOUT = 0.1
 TEXT_DROPOUT = 0.5
@@ -46,6 +48,7 @@ def random_keep_masks(
 
 class DecoderStage(Stage):
     name = "decoder"
+    text_dropout = TEXT_DROPOUT
 
     @cached_property
     def schedule(self) -> TrainingSchedule:
@@ -74,7 +77,7 @@ class DecoderStage(Stage):
         noise = torch.randn(x0.shape, generator=generator, device=device)
         x_t = self.schedule.q_sample(x0, t, noise)
         keep_image = ~bernoulli(IMAGE_DROPOUT, b, generator, device)
-        keep_text = ~bernoulli(TEXT_DROPOUT, b, generator, device)
+        keep_text = ~bernoulli(self.text_dropout, b, generator, device)
         image_embeds = batch["image_embeds"] * keep_image[:, None]
         text_mask = batch["text_mask"] & keep_text[:, None]
         inpaint = {}
@@ -154,3 +157,48 @@ class AnchoredDecoderStage(DecoderStage):
         drift of the null counts as much as one of the conditioned output."""
         conditioned, null = output[:, :3].float().chunk(2)
         return null + self.models.config.sampling.decoder_guidance * (conditioned - null)
+
+
+CAPTION_LAYERS = 2  # blocks of the caption encoder the decoder_caption stage adds to a decoder without one
+
+
+class CaptionDecoderStage(DecoderStage):
+    """The decoder's caption path alone fine-tuned from `--init`: a caption encoder (`caption_layers`
+    bidirectional blocks, added as the identity when the decoder has none), the token projection and its
+    norm. The rest of the decoder is frozen, and a row without caption masks every caption token, so
+    what the decoder draws without a caption (the text diff, variations, interpolation) stays exactly
+    the `--init` decoder's; only captioned rows are trained (no caption dropout).
+    """
+
+    name = "decoder_caption"
+    component = "decoder"
+    text_dropout = 0.0
+
+    def __init__(
+        self,
+        models: UnCLIPModels,
+        training_data: TrainingData,
+        device: torch.device,
+        reference: UnCLIPModels | None = None,
+    ) -> None:
+        super().__init__(models, training_data, device, reference)
+        if reference is None:
+            raise ValueError("decoder_caption fine-tunes a trained decoder: give it with --init")
+        if models.decoder.caption_encoder is None:
+            add_caption_encoder(models, CAPTION_LAYERS)
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        decoder = self.models.decoder
+        path = (decoder.caption_encoder, decoder.text_proj, decoder.text_norm)
+        return [p for module in path for p in module.parameters()]
+
+
+def add_caption_encoder(models: UnCLIPModels, layers: int) -> None:
+    """Give `models.decoder` a new (identity) caption encoder, in place: the config and the weights."""
+    config = dataclasses.replace(models.config.decoder, caption_layers=layers)
+    old = models.decoder
+    grown = DecoderUNet(config).to(next(old.parameters()).device)
+    missing, unexpected = grown.load_state_dict(old.state_dict(), strict=False)
+    if unexpected or not all(key.startswith("caption_encoder.") for key in missing):
+        raise ValueError(f"cannot grow this decoder: missing {missing}, unexpected {unexpected}")
+    models.config.decoder, models.decoder = config, grown.eval()

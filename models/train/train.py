@@ -28,7 +28,7 @@ from models.config import named_config
 from models.tokenizer import build_tokenizer
 from models.train.clip import CLIPStage, TextProjectionStage
 from models.train.data import DEFAULT_CACHE
-from models.train.decoder import AnchoredDecoderStage, DecoderStage
+from models.train.decoder import AnchoredDecoderStage, CaptionDecoderStage, DecoderStage
 from models.train.loop import StageResult, train_stage
 from models.train.prior import PriorStage
 from models.train.shapes import caption_words
@@ -41,12 +41,16 @@ STAGES: dict[str, type[Stage]] = {
     "prior": PriorStage,
     "decoder": DecoderStage,
     "decoder_anchored": AnchoredDecoderStage,
+    "decoder_caption": CaptionDecoderStage,
     "sr256": SR256Stage,
     "sr1024": SR1024Stage,
 }
-# What `--stage all` trains. clip_projection and decoder_anchored refit a trained checkpoint (`--init`):
+# What `--stage all` trains. clip_projection, decoder_anchored and decoder_caption refit a trained
+# checkpoint (`--init`):
 # trained from scratch, CLIP and the decoder already learn the caption grammar.
-ALL_STAGES = tuple(name for name in STAGES if name not in ("clip_projection", "decoder_anchored"))
+ALL_STAGES = tuple(
+    name for name in STAGES if name not in ("clip_projection", "decoder_anchored", "decoder_caption")
+)
 
 # The recipe of the shipped checkpoint, on the 2-core development CPU: clip 17, prior 22, decoder 84 + 93 +
 # 116, sr256 14, sr1024 32 min. The decoder came in three runs, each from the previous EMA weights with a
@@ -64,6 +68,7 @@ DEFAULT_SETTINGS: dict[str, StageSettings] = {
     "prior": StageSettings(steps=3000, batch_size=128, lr=3e-4),
     "decoder": StageSettings(steps=28000, batch_size=32, lr=4e-4),
     "decoder_anchored": StageSettings(steps=12000, batch_size=32, lr=1e-4),
+    "decoder_caption": StageSettings(steps=6000, batch_size=32, lr=3e-4),
     "sr256": StageSettings(steps=1300, batch_size=32, lr=3e-4),
     "sr1024": StageSettings(steps=3200, batch_size=8, lr=3e-4),
 }

@@ -196,6 +196,40 @@ def test_position_embedding_starts_as_a_no_op_and_learns() -> None:
         assert not torch.allclose(placed(**inputs), out)
 
 
+def test_a_caption_encoder_starts_as_the_identity_and_never_touches_captionless_rows() -> None:
+    """caption_layers adds bidirectional blocks over the caption tokens: added to a trained decoder they
+    change nothing until trained, and a row without caption (all tokens masked) never sees them."""
+    torch.manual_seed(0)
+    plain = randomise_zeros(DecoderUNet(TINY.decoder))
+    read = DecoderUNet(dataclasses.replace(TINY.decoder, caption_layers=2)).eval()
+    missing, unexpected = read.load_state_dict(plain.state_dict(), strict=False)
+    assert missing and all(key.startswith("caption_encoder.") for key in missing) and not unexpected
+    inputs = decoder_inputs(batch=3)
+    inputs["text_mask"][2] = False  # the third row's caption dropped
+    with torch.no_grad():
+        assert torch.equal(read(**inputs), plain(**inputs))
+        for parameter in read.caption_encoder.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+        out = read(**inputs)
+        assert torch.equal(out[2], plain(**inputs)[2])
+        assert not torch.allclose(out[:2], plain(**inputs)[:2], atol=1e-4)
+        # bidirectional: a real token's change reaches the tokens before it, so a colour word can
+        # learn which kind follows it (CLIP's causal states cannot look ahead)
+        states = inputs["text_states"].clone()
+        states[:, 3] += 5.0
+        encoder = read.caption_encoder
+        tokens = read.text_norm(read.text_proj(inputs["text_states"]))
+        moved = read.text_norm(read.text_proj(states))
+        mask = inputs["text_mask"]
+        before, after = encoder(tokens, key_padding_mask=mask), encoder(moved, key_padding_mask=mask)
+        assert not torch.allclose(before[:2, :3], after[:2, :3], atol=1e-4)
+
+
+def test_caption_layers_belong_to_a_decoder() -> None:
+    with pytest.raises(ValueError, match="caption_layers"):
+        dataclasses.replace(TINY.sr256, caption_layers=1)
+
+
 @pytest.mark.parametrize("side", [8, 16, 32], ids=lambda side: f"{side}px")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_group_norm_keeps_channels_last_and_its_values(side: int, dtype: torch.dtype) -> None:

@@ -50,6 +50,11 @@ def test_each_stage_fits_a_fixed_batch(name: str) -> None:
     """The loss of one batch, with its noise and dropout held fixed, falls fast: gradients reach the
     trained network through the whole loss."""
     models = tiny_models()
+    if name == "decoder_caption":  # it tunes a trained decoder's caption path; a fresh decoder outputs 0
+        with torch.no_grad():
+            for parameter in models.decoder.parameters():
+                if not parameter.any():
+                    parameter.normal_(0, 0.05, generator=torch.Generator().manual_seed(0))
     stage = STAGES[name](models, tiny_data(), CPU, reference=tiny_models())
     stage.module.train().requires_grad_(False)
     trained = stage.parameters()
@@ -64,7 +69,9 @@ def test_each_stage_fits_a_fixed_batch(name: str) -> None:
         optimizer.step()
         optimizer.zero_grad()
         values.append(float(loss.detach().mean()))
-    assert values[-1] < 0.8 * values[0], values
+    # The caption path moves only what the frozen decoder makes of the caption: slower (a path that gets
+    # no gradient keeps the loss exactly where it was).
+    assert values[-1] < (0.99 if name == "decoder_caption" else 0.8) * values[0], values
     # Only the stage's parameters train: the rest (the frozen CLIP included) get no gradients.
     moved = {id(p) for p in trained}
     for other, network in models.components().items():
@@ -119,6 +126,33 @@ def test_the_anchored_decoder_holds_its_captionless_response_off_the_pictures() 
     loss.backward()  # the reference stays as it was: no gradient reaches it
     assert all(p.grad is None and not p.requires_grad for p in reference.decoder.parameters())
     assert all(p.grad is not None for p in models.decoder.parameters() if p.requires_grad)
+
+
+def test_the_caption_stage_trains_the_caption_path_alone_from_an_identity_start() -> None:
+    """decoder_caption adds a caption encoder to the --init decoder (config and weights) and trains only
+    the caption path, on captioned rows: the rest of the decoder gets no gradient."""
+    with pytest.raises(ValueError, match="--init"):
+        STAGES["decoder_caption"](tiny_models(), tiny_data(), CPU)
+    models, reference = tiny_models(), tiny_models()
+    plain = models.decoder
+    stage = STAGES["decoder_caption"](models, tiny_data(), CPU, reference)
+    assert stage.module is models.decoder is not plain
+    assert models.config.decoder.caption_layers == models.decoder.config.caption_layers > 0
+    trained = set(map(id, stage.parameters()))
+    path = {"caption_encoder", "text_proj", "text_norm"}
+    for name, parameter in models.decoder.named_parameters():
+        assert (id(parameter) in trained) == (name.split(".")[0] in path), name
+    batch = stage.make_batch(4, random.Random(0))
+    seen = {}
+    forward = models.decoder.forward
+    models.decoder.forward = lambda *a, **k: seen.setdefault("mask", a[4]) is not None and forward(*a, **k)
+    stage.loss(batch, torch.Generator().manual_seed(0))
+    assert seen["mask"].any(dim=1).all()  # no caption dropped: dropped rows would not train the path
+    assert torch.equal(
+        STAGES["decoder_caption"](models, tiny_data(), CPU, reference).module.caption_encoder.resblocks[0]
+        .attn.out_proj.weight,
+        models.decoder.caption_encoder.resblocks[0].attn.out_proj.weight,
+    )  # a decoder that has an encoder (a resumed run) keeps it
 
 
 @pytest.mark.parametrize("name", ["decoder", "sr256", "sr1024"])
