@@ -38,6 +38,16 @@ def tiny_models():
     return build_models(named_config("tiny"), build_tokenizer(sorted({*DEFAULT_WORDS, *caption_words()})))
 
 
+@torch.no_grad()
+def as_if_trained(decoder: torch.nn.Module) -> None:
+    """Give a fresh decoder's zero-initialised layers values (the same every call), so that its output
+    depends on its inputs."""
+    generator = torch.Generator().manual_seed(0)
+    for parameter in decoder.parameters():
+        if not parameter.any():
+            parameter.normal_(0, 0.05, generator=generator)
+
+
 def tiny_data() -> TrainingData:
     training_data = TrainingData(0, PoolSizes(8, 4, 2), cache=None)
     # 64 px crops of 1024 px pictures instead of 256: the same network and loss, a sixteenth of the work.
@@ -51,10 +61,7 @@ def test_each_stage_fits_a_fixed_batch(name: str) -> None:
     trained network through the whole loss."""
     models = tiny_models()
     if name == "decoder_caption":  # it tunes a trained decoder's caption path; a fresh decoder outputs 0
-        with torch.no_grad():
-            for parameter in models.decoder.parameters():
-                if not parameter.any():
-                    parameter.normal_(0, 0.05, generator=torch.Generator().manual_seed(0))
+        as_if_trained(models.decoder)
     stage = STAGES[name](models, tiny_data(), CPU, reference=tiny_models())
     stage.module.train().requires_grad_(False)
     trained = stage.parameters()
@@ -134,6 +141,8 @@ def test_the_caption_stage_trains_the_caption_path_alone_from_an_identity_start(
     with pytest.raises(ValueError, match="--init"):
         STAGES["decoder_caption"](tiny_models(), tiny_data(), CPU)
     models, reference = tiny_models(), tiny_models()
+    as_if_trained(models.decoder)
+    as_if_trained(reference.decoder)
     plain = models.decoder
     stage = STAGES["decoder_caption"](models, tiny_data(), CPU, reference)
     assert stage.module is models.decoder is not plain
@@ -151,6 +160,12 @@ def test_the_caption_stage_trains_the_caption_path_alone_from_an_identity_start(
     assert text_mask.any(dim=1).all()  # no caption dropped: dropped rows would not train the path
     dropped = int((~image_embeds.any(dim=1)).sum())  # z_i often dropped: the caption alone must draw it
     assert 4 <= dropped <= 12, dropped
+    # The target: the --init decoder, at the same x_t, t and z_i, reading a template caption of the facts.
+    assert not torch.equal(batch["template_text_states"], batch["text_states"])
+    models.decoder.forward = forward
+    same_words = {**batch, **{name: batch[f"template_{name}"] for name in ("text_states", "text_mask")}}
+    assert stage.loss(same_words, torch.Generator().manual_seed(0))[1]["template"].abs().max() < 1e-6
+    assert stage.loss(batch, torch.Generator().manual_seed(0))[1]["template"].mean() > 1e-6
     assert torch.equal(
         STAGES["decoder_caption"](models, tiny_data(), CPU, reference).module.caption_encoder.resblocks[0]
         .attn.out_proj.weight,
