@@ -170,7 +170,7 @@ class AnchoredDecoderStage(DecoderStage):
 
 
 CAPTION_LAYERS = 2  # blocks of the caption encoder the decoder_caption stage adds to a decoder without one
-TEMPLATE_WEIGHT = 1.0
+TEMPLATE_WEIGHT = 10.0  # the term is small (most pixels agree, and most timesteps): about 7e-4 against 8e-3
 
 
 class CaptionDecoderStage(DecoderStage):

@@ -1,0 +1,86 @@
+"""Which reading of a held-out wording fails, the prior's or the decoder's?
+
+For each two-shape prompt of a held-out set, the same facts are also worded as a template caption
+(`shapes.write_caption`, the wording the shipped weights first trained on). Four pictures per prompt, at
+the same seed: the prior reads the prompt or the template (→ z_i), and the decoder reads the prompt or
+the template (→ its caption tokens). Scored as `unclip evaluate` scores two shapes.
+
+    python -m models.train.readings [--checkpoint DIR] [--set phrasings] [--prompts 24] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from collections.abc import Callable
+
+import torch
+from PIL import Image
+
+from models.pipeline.images import tensor_to_images
+from models.pipeline.latents import item_generators
+from models.pipeline.stages import DecoderCondition
+from models.pipeline.unclip import UnCLIPPipeline
+from models.train import shapes
+from models.train.classify import classify
+from models.train.evaluate import PROMPT_SETS, CategoryResult, Prompt, batches, held_out_prompts, score
+
+WORDINGS = ("prompt", "template")
+SIZE = 64  # the decoder's own pictures: what it reads shows there, before any upsampler
+
+
+@torch.inference_mode()
+def cross_readings(
+    pipeline: UnCLIPPipeline,
+    prompts: list[Prompt],
+    seed: int = 0,
+    batch: int = 8,
+    on_picture: Callable[[tuple[str, str], Prompt, Image.Image], None] | None = None,
+) -> dict[tuple[str, str], CategoryResult]:
+    """(what the prior read, what the decoder read) → two-shape results over `prompts`."""
+    rng = random.Random(f"readings/{seed}")
+    templates = [shapes.write_caption(p.spec, rng) for p in prompts]
+    sampling = pipeline.sampling(size=SIZE)
+    results = {(prior, decoder): CategoryResult() for prior in WORDINGS for decoder in WORDINGS}
+    for offset, group in zip(range(0, len(prompts), batch), batches(prompts, batch), strict=True):
+        seeds = [seed + offset + i for i in range(len(group))]
+        texts = {
+            "prompt": pipeline._text([p.text for p in group]),
+            "template": pipeline._text(templates[offset : offset + len(group)]),
+        }
+        for (prior, decoder), result in results.items():
+            generators = item_generators(seeds, pipeline.device)  # as `generate` draws: prior, then x_T
+            image_embed = pipeline._prior(texts[prior], generators, sampling, None)
+            condition = DecoderCondition(image_embed, texts[decoder].states, texts[decoder].mask)
+            noise = pipeline._noise(generators, SIZE)
+            x = pipeline._decode(
+                condition, noise, generators, sampling, None, image_guidance=sampling.decoder_image_guidance
+            )
+            for prompt, picture in zip(group, tensor_to_images(x), strict=True):
+                result.add(score(prompt, classify(picture)))
+                if on_picture is not None:
+                    on_picture((prior, decoder), prompt, picture)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the shipped one)")
+    parser.add_argument("--set", default="phrasings", choices=PROMPT_SETS)
+    parser.add_argument("--prompts", type=int, default=24, help="prompts per category and repeat")
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args(argv)
+    pipeline = UnCLIPPipeline.from_checkpoint(args.checkpoint, device="cpu")
+    prompts = [
+        prompt
+        for repeat in range(args.repeats)
+        for prompt in held_out_prompts(args.prompts, repeat, args.set)
+        if prompt.category == "two shapes"
+    ]
+    for (prior, decoder), result in cross_readings(pipeline, prompts).items():
+        print(f"prior reads the {prior:8s} decoder the {decoder:8s} {result.line('two shapes')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
