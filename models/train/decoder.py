@@ -185,7 +185,8 @@ class CaptionDecoderStage(DecoderStage):
     README, "What people type"). So besides the diffusion loss on a grammar caption, the output for it
     is held to the frozen `--init` decoder's output for a template caption of the same facts
     (`shapes.write_caption`), at the same x_t, t and z_i: a dense target that says what the words mean.
-    The diffusion loss alone moved nothing measurable in 2,500 steps.
+    The diffusion loss alone moved nothing measurable in 2,500 steps; with the target, 2,500 steps cut its
+    distance by about 40 % and the pictures stayed within noise (README, "What people type"): not shipped.
 
     Half the rows drop z_i, so the caption has to carry the picture there (beside the true z_i of its
     picture a caption adds little).
