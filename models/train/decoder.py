@@ -181,7 +181,7 @@ class CaptionDecoderStage(DecoderStage):
     the `--init` decoder's; only captioned rows are trained (no caption dropout).
 
     The `--init` decoder draws two shapes far better from a template caption than from the same facts
-    in other words (held-out phrasings, 64 px: 44 % against 19 %, whichever caption the prior read;
+    in other words (held-out phrasings, 64 px: 46 % against 27 %, whichever caption the prior read;
     README, "What people type"). So besides the diffusion loss on a grammar caption, the output for it
     is held to the frozen `--init` decoder's output for a template caption of the same facts
     (`shapes.write_caption`), at the same x_t, t and z_i: a dense target that says what the words mean.
