@@ -71,20 +71,14 @@ def held_out_prompts(per_category: int, seed: int = 0, prompt_set: str = "templa
         for bg in colours
         if bg != colour
     ]
-    kinds_colours = [(k, c) for k in KINDS for c in colours]
-    pairs = [
-        SceneSpec((ShapeSpec(*a), ShapeSpec(*b)))
-        for i, a in enumerate(kinds_colours)
-        for b in kinds_colours[i + 1 :]
-        if a[1] != b[1]
-    ]
+    pairs = two_shape_specs()
     structures = list(captions.HELD_OUT_STRUCTURES)
     prompts = []
     for category, specs in zip(CATEGORIES, (singles, pairs), strict=True):
         held = [spec for spec in specs if shapes.is_held_out(spec)]
         rng.shuffle(held)
         for i, spec in enumerate(held[:per_category]):
-            spec = _with_random_details(spec, rng)
+            spec = with_random_details(spec, rng)
             if prompt_set == "templates":
                 text = rng.choice(shapes.phrasings(spec))
             elif prompt_set == "phrasings":
@@ -95,7 +89,18 @@ def held_out_prompts(per_category: int, seed: int = 0, prompt_set: str = "templa
     return prompts
 
 
-def _with_random_details(spec: SceneSpec, rng: random.Random) -> SceneSpec:
+def two_shape_specs() -> list[SceneSpec]:
+    """Every pair of shapes in two different colours, each pair once."""
+    kinds_colours = [(k, c) for k in KINDS for c in COLOURS]
+    return [
+        SceneSpec((ShapeSpec(*a), ShapeSpec(*b)))
+        for i, a in enumerate(kinds_colours)
+        for b in kinds_colours[i + 1 :]
+        if a[1] != b[1]
+    ]
+
+
+def with_random_details(spec: SceneSpec, rng: random.Random) -> SceneSpec:
     """Sometimes a size, a position pair or (for two shapes) a background, as users would write."""
     sized = tuple(
         ShapeSpec(s.kind, s.colour, rng.choice(("small", "large")) if rng.random() < 0.25 else None)

@@ -6,6 +6,9 @@ the same seed: the prior reads the prompt or the template (→ z_i), and the dec
 the template (→ its caption tokens). Scored as `unclip evaluate` scores two shapes.
 
     python -m models.train.readings [--checkpoint DIR] [--set phrasings] [--prompts 24] [--repeats 2]
+
+`--set trained` asks the same of pairs whose facts the training captions do state, in the training
+grammar: it tells a decoder that cannot read the grammar from one that cannot generalise to new pairs.
 """
 
 from __future__ import annotations
@@ -21,12 +24,37 @@ from models.pipeline.images import tensor_to_images
 from models.pipeline.latents import item_generators
 from models.pipeline.stages import DecoderCondition
 from models.pipeline.unclip import UnCLIPPipeline
-from models.train import shapes
+from models.train import captions, shapes
 from models.train.classify import classify
-from models.train.evaluate import PROMPT_SETS, CategoryResult, Prompt, batches, held_out_prompts, score
+from models.train.evaluate import (
+    PROMPT_SETS,
+    CategoryResult,
+    Prompt,
+    batches,
+    held_out_prompts,
+    score,
+    two_shape_specs,
+    with_random_details,
+)
 
 WORDINGS = ("prompt", "template")
 SIZE = 64  # the decoder's own pictures: what it reads shows there, before any upsampler
+TRAINED = "trained"  # the prompt set of pairs that training captions state
+
+
+def trained_prompts(count: int, seed: int = 0) -> list[Prompt]:
+    """`count` two-shape prompts of facts that training captions state, each a fresh training caption."""
+    rng = random.Random(f"readings/trained/{seed}")
+    specs = [spec for spec in two_shape_specs() if not shapes.is_held_out(spec)]
+    rng.shuffle(specs)
+    prompts = []
+    for spec in specs:
+        spec = with_random_details(spec, rng)
+        if not shapes.is_held_out(spec):  # a detail (a background) can make a pair held out
+            prompts.append(Prompt(captions.training_caption(spec, rng), spec, "two shapes", TRAINED))
+        if len(prompts) == count:
+            return prompts
+    raise ValueError(f"only {len(prompts)} trained pairs, not {count}")
 
 
 @torch.inference_mode()
@@ -66,7 +94,7 @@ def cross_readings(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the shipped one)")
-    parser.add_argument("--set", default="phrasings", choices=PROMPT_SETS)
+    parser.add_argument("--set", default="phrasings", choices=(*PROMPT_SETS, TRAINED))
     parser.add_argument("--prompts", type=int, default=24, help="prompts per category and repeat")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args(argv)
@@ -74,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     prompts = [
         prompt
         for repeat in range(args.repeats)
-        for prompt in held_out_prompts(args.prompts, repeat, args.set)
+        for prompt in (
+            trained_prompts(args.prompts, repeat)
+            if args.set == TRAINED
+            else held_out_prompts(args.prompts, repeat, args.set)
+        )
         if prompt.category == "two shapes"
     ]
     for (prior, decoder), result in cross_readings(pipeline, prompts).items():

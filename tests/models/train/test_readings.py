@@ -3,9 +3,9 @@
 import numpy as np
 
 from models.pipeline import UnCLIPPipeline
-from models.train import shapes
+from models.train import captions, shapes
 from models.train.evaluate import evaluate_generation, held_out_prompts
-from models.train.readings import cross_readings
+from models.train.readings import cross_readings, trained_prompts
 
 
 def test_the_prompt_read_by_both_is_what_generate_draws_and_templates_are_read_apart() -> None:
@@ -36,3 +36,15 @@ def test_the_prompt_read_by_both_is_what_generate_draws_and_templates_are_read_a
     assert [np.asarray(image).tolist() for image in pictures] == [
         np.asarray(image).tolist() for image in generated
     ]
+
+
+def test_trained_prompts_state_trained_pairs_in_the_training_grammar() -> None:
+    """The mirror of the held-out phrasings: two shapes whose facts training captions state, each worded
+    as a training caption could be, so a failure there is one of reading, not of new combinations."""
+    prompts = trained_prompts(30, seed=1)
+    assert len(prompts) == 30 and prompts == trained_prompts(30, seed=1)
+    assert len({p.text for p in prompts}) == 30
+    for prompt in prompts:
+        assert len(prompt.spec.shapes) == 2 and prompt.category == "two shapes"
+        assert captions.is_training_caption(prompt.text, prompt.spec), prompt
+    assert {p.text for p in trained_prompts(30, seed=2)} != {p.text for p in prompts}
