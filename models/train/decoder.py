@@ -245,7 +245,8 @@ class CaptionDecoderStage(DecoderStage):
 
 @contextlib.contextmanager
 def attention_outputs(decoder: DecoderUNet) -> Iterator[list[torch.Tensor]]:
-    """What each attention block of `decoder` hands on `[B, C, H, W]`, in call order, while in the block."""
+    """Collects what each attention block of `decoder` hands on `[B, C, H, W]`, in call order, while the
+    `with` block runs; the hooks are gone after it."""
     outputs: list[torch.Tensor] = []
     blocks = [module for module in decoder.modules() if isinstance(module, AttentionBlock)]
     handles = [block.register_forward_hook(lambda _m, _i, out: outputs.append(out)) for block in blocks]
