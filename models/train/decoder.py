@@ -101,6 +101,13 @@ class DecoderStage(Stage):
         return x0, noise, (x_t, t, image_embeds, batch["text_states"], text_mask), inpaint
 
 
+def frozen_decoder(reference: UnCLIPModels | None, stage: str, device: torch.device) -> DecoderUNet:
+    """The `--init` decoder as a fine-tune's frozen teacher (a fine-tune without `--init` is an error)."""
+    if reference is None:
+        raise ValueError(f"{stage} fine-tunes a trained decoder: give it with --init")
+    return reference.decoder.to(device).eval().requires_grad_(False)
+
+
 ANCHOR_ROWS = 8  # rows per batch whose off-picture, caption-less output is held to the reference decoder
 ANCHOR_WEIGHT = 1.0
 
@@ -132,9 +139,7 @@ class AnchoredDecoderStage(DecoderStage):
         reference: UnCLIPModels | None = None,
     ) -> None:
         super().__init__(models, training_data, device, reference)
-        if reference is None:
-            raise ValueError("decoder_anchored fine-tunes a trained decoder: give it with --init")
-        self.teacher = reference.decoder.to(device).eval().requires_grad_(False)
+        self.teacher = frozen_decoder(reference, self.name, device)
 
     def loss(self, batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss, parts = super().loss(batch, generator)
@@ -210,9 +215,7 @@ class CaptionDecoderStage(DecoderStage):
         reference: UnCLIPModels | None = None,
     ) -> None:
         super().__init__(models, training_data, device, reference)
-        if reference is None:
-            raise ValueError("decoder_caption fine-tunes a trained decoder: give it with --init")
-        self.teacher = reference.decoder.to(device).eval().requires_grad_(False)
+        self.teacher = frozen_decoder(reference, self.name, device)
         if models.decoder.caption_encoder is None:
             add_caption_encoder(models, CAPTION_LAYERS)
 
@@ -229,10 +232,10 @@ class CaptionDecoderStage(DecoderStage):
 
     def loss(self, batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x0, noise, inputs, inpaint = self.noised(batch, generator)
+        x_t, t, image_embeds, _, _ = inputs
         with attention_outputs(self.models.decoder) as features:
             output = self.models.decoder(*inputs, **inpaint)
-        loss, parts = diffusion_loss(self.schedule, output, x0, inputs[0], inputs[1], noise)
-        x_t, t, image_embeds, _, _ = inputs
+        loss, parts = diffusion_loss(self.schedule, output, x0, x_t, t, noise)
         with torch.no_grad(), attention_outputs(self.teacher) as targets:
             target = self.teacher(
                 x_t, t, image_embeds, batch["template_text_states"], batch["template_text_mask"], **inpaint

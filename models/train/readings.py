@@ -69,6 +69,7 @@ def cross_readings(
     rng = random.Random(f"readings/{seed}")
     templates = [shapes.write_caption(p.spec, rng) for p in prompts]
     sampling = pipeline.sampling(size=SIZE)
+    guidance = sampling.decoder_image_guidance  # the prior's z_i's own scale, as `generate` uses
     results = {(prior, decoder): CategoryResult() for prior in WORDINGS for decoder in WORDINGS}
     for offset, group in zip(range(0, len(prompts), batch), batches(prompts, batch), strict=True):
         seeds = [seed + offset + i for i in range(len(group))]
@@ -76,18 +77,20 @@ def cross_readings(
             "prompt": pipeline._text([p.text for p in group]),
             "template": pipeline._text(templates[offset : offset + len(group)]),
         }
-        for (prior, decoder), result in results.items():
+        for prior in WORDINGS:
             generators = item_generators(seeds, pipeline.device)  # as `generate` draws: prior, then x_T
             image_embed = pipeline._prior(texts[prior], generators, sampling, None)
-            condition = DecoderCondition(image_embed, texts[decoder].states, texts[decoder].mask)
-            noise = pipeline._noise(generators, SIZE)
-            x = pipeline._decode(
-                condition, noise, generators, sampling, None, image_guidance=sampling.decoder_image_guidance
-            )
-            for prompt, picture in zip(group, tensor_to_images(x), strict=True):
-                result.add(score(prompt, classify(picture)))
-                if on_picture is not None:
-                    on_picture((prior, decoder), prompt, picture)
+            after_prior = [g.get_state() for g in generators]  # each decoder reading starts from here
+            for decoder in WORDINGS:
+                for g, state in zip(generators, after_prior, strict=True):
+                    g.set_state(state)
+                condition = DecoderCondition(image_embed, texts[decoder].states, texts[decoder].mask)
+                noise = pipeline._noise(generators, SIZE)
+                x = pipeline._decode(condition, noise, generators, sampling, None, image_guidance=guidance)
+                for prompt, picture in zip(group, tensor_to_images(x), strict=True):
+                    results[prior, decoder].add(score(prompt, classify(picture)))
+                    if on_picture is not None:
+                        on_picture((prior, decoder), prompt, picture)
     return results
 
 
