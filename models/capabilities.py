@@ -84,7 +84,8 @@ def config_parts(config: dict[str, Any]) -> list[str]:
     parts = ["clip_text"]
     if config["clip"].get("image_encoder", True):
         parts.append("clip_image")
-    return [*parts, "prior", "decoder", *(name for name in UPSAMPLERS if config.get(name))]
+    upsamplers = [name for name in UPSAMPLERS if config.get(name)]
+    return [*parts, "prior", "decoder", *upsamplers, *(["reader"] if config.get("reader") else [])]
 
 
 def header_parameters(folder: Path, parts: tuple[str, ...]) -> dict[str, int]:

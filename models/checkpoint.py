@@ -5,6 +5,7 @@ unclip.json          UnCLIPConfig.to_dict() plus {"format": 1} and the summary m
                      without torch: "parts", "parameters" (per file), "imported_from" (imports only)
 clip.safetensors  prior.safetensors  decoder.safetensors  sr256.safetensors  [sr1024.safetensors]
 [sr256_last.safetensors]   when the config has sr256_last (Karlo's super_res_last)
+[reader.safetensors]       when the config has a prompt reader (models/reader.py)
 vocab.json  merges.txt
 ```
 Loading reads tensors with safetensors only (never unpickles) and checks every tensor's name and shape
@@ -32,12 +33,13 @@ from models.capabilities import SHIPPED_FOLDER, config_parts
 from models.clip import CLIP
 from models.config import UnCLIPConfig, named_config
 from models.prior import DiffusionPrior
+from models.reader import PromptReader
 from models.tokenizer import MERGES_FILE, VOCAB_FILE, Tokenizer, build_tokenizer
 from models.unet import DecoderUNet, SuperResUNet
 
 CONFIG_FILE = "unclip.json"
 FORMAT_VERSION = 1
-COMPONENTS = ("clip", "prior", "decoder", "sr256", "sr1024", "sr256_last")
+COMPONENTS = ("clip", "prior", "decoder", "sr256", "sr1024", "sr256_last", "reader")
 DEFAULT_FOLDER = SHIPPED_FOLDER
 SUMMARY_FIELDS = ("parts", "parameters", "imported_from")  # derived from the config and weights
 
@@ -64,6 +66,7 @@ class UnCLIPModels:
     sr256: SuperResUNet
     sr1024: SuperResUNet | None
     sr256_last: SuperResUNet | None = None  # runs the last sr256 step when the checkpoint has one
+    reader: PromptReader | None = None  # rewrites prompts into the checkpoint's own captions
 
     def components(self) -> dict[str, nn.Module]:
         return {name: module for name in COMPONENTS if (module := getattr(self, name)) is not None}
@@ -84,6 +87,7 @@ def build_models(config: UnCLIPConfig, tokenizer: Tokenizer) -> UnCLIPModels:
         sr256=SuperResUNet(config.sr256),
         sr1024=None if config.sr1024 is None else SuperResUNet(config.sr1024),
         sr256_last=None if config.sr256_last is None else SuperResUNet(config.sr256_last),
+        reader=None if config.reader is None else PromptReader(config.reader),
     )
 
 

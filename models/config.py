@@ -232,6 +232,31 @@ class UNetConfig(_JSONConfig):
 
 
 @dataclass
+class ReaderConfig(_JSONConfig):
+    """The prompt reader (models/reader.py): a bidirectional transformer over CLIP token ids, and the facts
+    of the closed world it reads (each a tuple of names)."""
+
+    vocab_size: int
+    context_length: int
+    colours: tuple[str, ...]
+    kinds: tuple[str, ...]
+    sizes: tuple[str, ...]
+    positions: tuple[str, ...]
+    width: int = 128
+    layers: int = 4
+    heads: int = 4
+    # A reading is used only when each fact it states is at least this likely; else the prompt is drawn
+    # as given.
+    confidence: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.width % self.heads:
+            raise ValueError(f"reader width {self.width} is not a multiple of heads {self.heads}")
+        if not 0 < self.confidence <= 1:
+            raise ValueError(f"reader confidence must be in (0, 1], got {self.confidence}")
+
+
+@dataclass
 class UnCLIPConfig:
     clip: CLIPConfig
     prior: PriorConfig
@@ -246,6 +271,8 @@ class UnCLIPConfig:
     # An optional second 64→256 upsampler that runs the last (least noisy) sr256 step instead of sr256, on
     # sr256_diffusion (Karlo's super_res_last).
     sr256_last: UNetConfig | None = None
+    # An optional prompt reader that rewrites prompts into the captions the checkpoint draws best.
+    reader: ReaderConfig | None = None
 
     def __post_init__(self) -> None:
         clip, prior = self.clip, self.prior
@@ -259,6 +286,8 @@ class UnCLIPConfig:
             raise ValueError("decoder clip_embed_dim/text_width must match the CLIP config")
         if (self.sr1024 is None) != (self.sr1024_diffusion is None):
             raise ValueError("sr1024 and sr1024_diffusion must both be set or both be None")
+        if self.reader is not None and self.reader.context_length != clip.context_length:
+            raise ValueError("the reader's context_length must match the CLIP config's")
         last = self.sr256_last
         if last is not None and (last.kind != "sr" or last.image_size != self.sr256.image_size):
             raise ValueError("sr256_last must be an upsampler of sr256's image_size")
@@ -302,6 +331,7 @@ _FIELD_TYPES: dict[str, type[_JSONConfig] | type[Sampling]] = {
     "sr256_diffusion": DiffusionConfig,
     "sr1024_diffusion": DiffusionConfig,
     "sr256_last": UNetConfig,
+    "reader": ReaderConfig,
 }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
@@ -34,6 +34,16 @@ VARIATION_ETA = 1.0
 MASK_THRESHOLD = 128
 MAX_BEST_OF = 8
 SCORE_KEY = "clip_score"  # Image.info key of a reranked image's CLIP cosine to its prompt
+# Image.info key of the prompt the model drew instead of the one given, when the checkpoint's prompt reader
+# rewrote it into the captions it draws best (what the OpenAI Images API returns as `revised_prompt`).
+REVISED_PROMPT_KEY = "revised_prompt"
+
+
+def revised_prompt(images: Sequence[Image.Image]) -> str | None:
+    """The one prompt a job's images were drawn from instead of its own (the first any of them carries),
+    or None: drawn as given."""
+    prompts = (image.info.get(REVISED_PROMPT_KEY) for image in images)
+    return next((prompt for prompt in prompts if prompt is not None), None)
 
 
 def candidate_seed(seed: int, candidate: int) -> int:

@@ -136,12 +136,16 @@ class Tokenizer:
 
     def tokens(self, text: str) -> list[int]:
         """The ids of `text` without the special tokens, context or padding."""
-        ids = []
+        return [i for _, ids in self.pieces(text) for i in ids]
+
+    def pieces(self, text: str) -> list[tuple[str, list[int]]]:
+        """`text`'s pre-tokenized pieces (a word, a number, punctuation), each with its ids."""
+        pieces = []
         for piece in pre_tokenize(text):
             if piece not in self._cache:
                 self._cache[piece] = [self.vocab[symbol] for symbol in bpe(piece, self.ranks)]
-            ids.extend(self._cache[piece])
-        return ids
+            pieces.append((piece, self._cache[piece]))
+        return pieces
 
     def encode(self, texts: list[str]) -> tuple[torch.LongTensor, list[bool]]:
         """ids `[B, context_length]` and, per text, whether it was truncated to fit (keeping the EOT)."""

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from models.attention import set_default_backend
 from models.capabilities import CONFIG_FILE, read_capabilities
 from models.checkpoint import CheckpointError, default_checkpoint, init_checkpoint
-from models.contract import Progress, Sampling, repaint_mask
+from models.contract import Progress, Sampling, repaint_mask, revised_prompt
 from models.pipeline import UnCLIPPipeline
 from service.cli import COMMAND_OPS
 from service.settings import get_settings
@@ -62,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     except (CheckpointError, ValueError, OSError) as error:
         print(f"unclip {args.command}: error: {error}", file=sys.stderr)
         return USAGE_ERROR
+    if (revised := revised_prompt(images)) is not None:
+        print(f"drew {revised!r}: the prompt as the model reads it")
     paths = write_images(images, args.output)
     print("wrote " + ", ".join(str(path) for path in paths))
     return 0

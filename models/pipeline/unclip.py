@@ -32,6 +32,7 @@ from models.contract import (
     DEFAULT_FRAMES,
     DEFAULT_LATENT,
     LATENTS,
+    REVISED_PROMPT_KEY,
     SCORE_KEY,
     VARIATION_ETA,
     ProgressCallback,
@@ -56,6 +57,7 @@ from models.pipeline.stages import (
     upsampler_denoiser,
     x0_clamp,
 )
+from models.reader import PromptReader, revise
 
 RegionAt = Callable[[int], KnownRegion]  # image side → the pixels to keep at that side
 
@@ -68,6 +70,9 @@ class UnCLIPPipeline:
         # Compiled denoising steps by component name ("prior", "decoder", "sr256", ...), installed by
         # `models.pipeline.runtime.compile_pipeline`; a component without one runs eager.
         self.steps: dict[str, Step] = {}
+        # What rewrites prompts into the checkpoint's own captions (generate, inpaint); None draws every
+        # prompt as given.
+        self.reader: PromptReader | None = models.reader
 
     @classmethod
     def from_checkpoint(
@@ -129,6 +134,8 @@ class UnCLIPPipeline:
         with best_of 1."""
         _same_length(prompts=prompts, seeds=seeds)
         self._check_size(sampling)
+        revised = self.revised_prompts(prompts)
+        prompts = [r or p for r, p in zip(revised, prompts, strict=True)]
         k = sampling.best_of
         if k > 1 and self.models.clip.visual is None:
             raise ValueError(NO_RANKING)
@@ -151,7 +158,7 @@ class UnCLIPPipeline:
         images = tensor_to_images(self._upsample(x, generators, sampling, progress, stages=stages))
         for image, score in zip(images, scores or (), strict=False):
             image.info[SCORE_KEY] = score
-        return images
+        return _noting_revisions(images, revised)
 
     def _ranked_after(self, stages: tuple[str, ...]) -> int:
         """How many of the upsampling `stages` run before best_of's ranking: CLIP sees the first picture at
@@ -224,7 +231,8 @@ class UnCLIPPipeline:
             return KnownRegion(self._pixels(images, size), known_regions(masks, size, self.device))
 
         generators = item_generators(seeds, self.device)
-        text = self._text(prompts)
+        revised = self.revised_prompts(prompts)
+        text = self._text([r or p for r, p in zip(revised, prompts, strict=True)])
         region = region_at(self._decoder_size)
         no_image_embed = text.embeds.new_zeros(len(prompts), self.models.config.clip.embed_dim)
         condition = DecoderCondition(no_image_embed, text.states, text.mask)
@@ -232,7 +240,8 @@ class UnCLIPPipeline:
             condition = dataclasses.replace(condition, inpaint_image=region.image, inpaint_known=region.known)
         noise = self._noise(generators, self._decoder_size)
         x = self._decode(condition, noise, generators, sampling, progress, region=region)
-        return tensor_to_images(self._upsample(x, generators, sampling, progress, region_at))
+        images = tensor_to_images(self._upsample(x, generators, sampling, progress, region_at))
+        return _noting_revisions(images, revised)
 
     @torch.inference_mode()
     def interpolate(
@@ -297,6 +306,10 @@ class UnCLIPPipeline:
         return self._decode_frames(image_embed, x_T, generators, sampling, frames, progress)
 
     # Stages -----------------------------------------------------------------------------------------
+
+    def revised_prompts(self, prompts: list[str]) -> list[str | None]:
+        """Per prompt, the caption the reader rewrote it into, or None: drawn as given."""
+        return revise(self.reader, self.models.tokenizer, prompts)
 
     def _text(self, prompts: list[str]) -> TextEncoding:
         return encode_text(self.models.clip, self.models.tokenizer, prompts, self.device)
@@ -448,6 +461,15 @@ class UnCLIPPipeline:
 
 
 NO_RANKING = "best_of needs a CLIP image encoder to rank candidates; this checkpoint has none (use best_of 1)"
+
+
+def _noting_revisions(images: list[Image.Image], revised: list[str | None]) -> list[Image.Image]:
+    """Each image carries the prompt it was drawn from in `info[REVISED_PROMPT_KEY]` when that was a
+    rewrite (one image per prompt)."""
+    for image, caption in zip(images, revised, strict=True):
+        if caption is not None:
+            image.info[REVISED_PROMPT_KEY] = caption
+    return images
 
 
 def clip_scores(text_embeds: torch.Tensor, image_embeds: torch.Tensor, k: int) -> torch.Tensor:

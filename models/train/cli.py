@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--decoder-image-guidance", type=float, help="z_i guidance, apart from the caption")
     check.add_argument("--best-of", type=int, help="candidates per picture, the one nearest its prompt kept")
     check.add_argument("--no-operations", action="store_true", help="skip variation/interpolation/... checks")
+    check.add_argument(
+        "--no-reader", action="store_true", help="draw every prompt as given, without the prompt reader"
+    )
     check.add_argument("--images", type=Path, help="also save every generated picture here")
     check.add_argument("--json", type=Path, help="also write the figures here")
     return parser
@@ -135,11 +138,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
         CategoryResult,
         evaluate_generation,
         evaluate_operations,
+        evaluate_reading,
         held_out_prompts,
         report,
     )
 
     pipeline = UnCLIPPipeline.from_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype)
+    if args.no_reader:
+        pipeline.reader = None
+    reader = getattr(pipeline, "reader", None)  # a models.contract.Pipeline need not have one
     overrides = {
         "prior_steps": args.prior_steps,
         "decoder_steps": args.decoder_steps,
@@ -155,6 +162,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
     seeds = [args.seed + REPEAT_SEEDS * r for r in range(args.repeats)]
     generation: dict[int, dict[str, dict[str, CategoryResult]]] = {}
     operations = {}
+    if reader is not None:
+        for prompt_set in args.sets:
+            read = {category: CategoryResult() for category in CATEGORIES}
+            for r in range(args.repeats):
+                prompts = held_out_prompts(args.prompts, args.seed + r, prompt_set)
+                results = evaluate_reading(reader, pipeline.models.tokenizer, prompts)
+                for category, result in results.items():
+                    read[category].merge(result)
+            for category, result in read.items():
+                print(f"prompt reader, {prompt_set}, {result.line(category)}")
     for size in args.sizes:
         generation[size] = {}
         for prompt_set in args.sets:

@@ -25,6 +25,8 @@ import numpy as np
 from PIL import Image
 
 from models.contract import Pipeline
+from models.reader import PromptReader, SceneReading
+from models.tokenizer import Tokenizer
 from models.train import captions, shapes
 from models.train.classify import Classification, classify
 from models.train.shapes import COLOURS, KINDS, SceneSpec, ShapeSpec
@@ -232,6 +234,27 @@ def evaluate_generation(
             if on_picture is not None:
                 on_picture(prompt, picture, found)
     return results
+
+
+def evaluate_reading(
+    reader: PromptReader, tokenizer: Tokenizer, prompts: list[Prompt]
+) -> dict[str, CategoryResult]:
+    """The prompt reader alone: per category, how often it reads exactly the facts a prompt states
+    ("correct": both shapes, in either order, with their sizes and positions, and the background) and
+    how often it is unsure (the prompt is then drawn as given)."""
+    results = {category: CategoryResult() for category in CATEGORIES}
+    readings = reader.read(tokenizer, [p.text for p in prompts])
+    for prompt, reading in zip(prompts, readings, strict=True):
+        results[prompt.category].add({"correct": _states(reading, prompt.spec), "unsure": reading is None})
+    return results
+
+
+def _states(reading: SceneReading | None, spec: SceneSpec) -> bool:
+    if reading is None or reading.background != spec.background:
+        return False
+    read = sorted((s.kind, s.colour, s.size or "", s.position or "") for s in reading.shapes)
+    said = sorted((s.kind, s.colour, s.size or "", s.position or "") for s in spec.shapes)
+    return read == said
 
 
 # ------------------------------------------------------------------------------------------- operations

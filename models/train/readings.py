@@ -3,7 +3,9 @@
 For each two-shape prompt of a held-out set, the same facts are also worded as a template caption
 (`shapes.write_caption`, the wording the shipped weights first trained on). Four pictures per prompt, at
 the same seed: the prior reads the prompt or the template (→ z_i), and the decoder reads the prompt or
-the template (→ its caption tokens). Scored as `unclip evaluate` scores two shapes.
+the template (→ its caption tokens). Scored as `unclip evaluate` scores two shapes. This is the stack
+itself, without the checkpoint's prompt reader (models/reader.py): prompt/prompt is `generate` with
+`pipeline.reader = None`.
 
     python -m models.train.readings [--checkpoint DIR] [--set phrasings] [--prompts 24] [--repeats 2]
 

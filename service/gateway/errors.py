@@ -153,7 +153,18 @@ def allowed_methods(request: Request) -> str:
     return ", ".join(sorted(methods))
 
 
+# FastAPI's 400 for a body it cannot decode at all (JSON that is not UTF-8, a broken multipart form).
+BODY_NOT_PARSED = "There was an error parsing the body"
+UNREADABLE_BODY = {
+    "type": "body_unreadable",
+    "loc": ("body",),
+    "msg": "the body could not be read: send a JSON object in UTF-8 (or a well-formed multipart form)",
+}
+
+
 async def handle_http_exception(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    if error.status_code == 400 and error.detail == BODY_NOT_PARSED:  # a validation error like the others
+        return await handle_validation_error(request, RequestValidationError([UNREADABLE_BODY]))
     headers = dict(error.headers or {})
     if error.status_code == 405:
         headers["Allow"] = allowed_methods(request)

@@ -312,6 +312,11 @@ class JobOut(BaseModel):
     scores: list[float] | None = Field(
         None, description="With best_of > 1: each image's CLIP cosine similarity to the prompt, in order."
     )
+    revised_prompt: str | None = Field(
+        None,
+        description="The prompt the model drew: the given one rewritten into the caption wording the model "
+        "reads best; null when it drew the prompt as given.",
+    )
     url: str
     events_url: str
 
@@ -367,7 +372,9 @@ class OpenAIGenerationRequest(BaseModel):
 class OpenAIImage(BaseModel):
     url: str | None = None
     b64_json: str | None = None
-    revised_prompt: str | None = None
+    revised_prompt: str | None = Field(
+        None, description="The prompt the model drew, when it rewrote the given one; absent when it did not."
+    )
 
 
 class OpenAIImagesResponse(BaseModel):

@@ -63,6 +63,7 @@ class Job:
     warnings: list[str] = field(default_factory=list)
     cancel_requested: bool = False  # a running job asked to stop; it turns `cancelled` at its next step
     scores: list[float] | None = None  # best_of: each kept image's CLIP cosine to the prompt
+    revised_prompt: str | None = None  # the prompt the model drew, when it rewrote the given one
 
 
 class Backlogged(Exception):
@@ -109,6 +110,7 @@ def job_from_state(state: Mapping[str, str], params: dict[str, Any]) -> Job:
         expected_images=int(state["expected_images"]), warnings=json.loads(state.get("warnings", "[]")),
         cancel_requested=bool(state.get("cancel_requested")),
         scores=json.loads(state["scores"]) if state.get("scores") else None,
+        revised_prompt=state.get("revised_prompt") or None,
     )
 
 

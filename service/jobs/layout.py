@@ -3,6 +3,7 @@
 Layout (DESIGN §4):
 - `job:{id}` hash — id, op, params (JSON), owner, status, created_at/started_at/finished_at (Redis TIME,
   absent = None), progress (JSON), attempts, error, image_count, expected_images, warnings (JSON list),
+  scores (JSON list, best_of), revised_prompt (the prompt the model drew when it rewrote the given one),
   cancel_requested ("1"), worker (last consumer), entry (its stream entry id), version (bumped on every
   published change). Terminal jobs expire after `result_ttl_seconds`.
 - `{stream}` — one entry `{job: id}` per queued job, read by the consumer group "workers". Finished

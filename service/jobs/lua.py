@@ -18,7 +18,8 @@ _ALLOWED_JSON = json.dumps({status: {to: True for to in moves} for status, moves
 
 _HELPERS = """
 local STATE_FIELDS = {'id', 'op', 'owner', 'status', 'created_at', 'started_at', 'finished_at', 'progress',
-  'attempts', 'error', 'image_count', 'expected_images', 'warnings', 'cancel_requested', 'version', 'scores'}
+  'attempts', 'error', 'image_count', 'expected_images', 'warnings', 'cancel_requested', 'version', 'scores',
+  'revised_prompt'}
 
 local function now()
   local t = redis.call('TIME')
@@ -159,7 +160,7 @@ return 0
 
 # KEYS: job, counts, stream, dead-letter stream, result:{id}:0 .. result:{id}:{n-1}.
 # ARGV: group, entry ('' = none), status, error ('' = none), ttl, warnings JSON, scores JSON ('' = none),
-# PNG 0 .. PNG n-1.
+# revised prompt ('' = none), PNG 0 .. PNG n-1.
 # Always acknowledges and deletes the entry; writes the terminal state only if the job has none yet
 # (and may move there: a queued job can fail, but not succeed).
 # Returns 1 when this call ended the job, 0 when it had ended already (or expired).
@@ -171,12 +172,13 @@ end
 local f = redis.call('HMGET', KEYS[1], 'status', 'op', 'owner', 'attempts')
 if not f[1] or not allowed(f[1], ARGV[3]) then return 0 end
 local ttl = tonumber(ARGV[5])
-local images = #ARGV - 7
+local images = #ARGV - 8
 for i = 1, images do
-  redis.call('SET', KEYS[4 + i], ARGV[7 + i], 'EX', ttl)
+  redis.call('SET', KEYS[4 + i], ARGV[8 + i], 'EX', ttl)
 end
 redis.call('HSET', KEYS[1], 'image_count', images, 'warnings', ARGV[6])
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'scores', ARGV[7]) end
+if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'revised_prompt', ARGV[8]) end
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[4]) end
 terminate(KEYS[1], KEYS[2], f[1], ARGV[3], ttl)
 if ARGV[3] == 'failed' then

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import redis
 
 from models.capabilities import UnsupportedOperation
-from models.contract import SCORE_KEY, image_count
+from models.contract import SCORE_KEY, image_count, revised_prompt
 from service.jobs.codec import png_bytes
 from service.jobs.states import Terminal
 from service.settings import Settings
@@ -145,14 +145,16 @@ class Worker:
         encode_started = time.monotonic()
         results = [[png_bytes(image) for image in images] for images in outputs]
         scores = [[image.info.get(SCORE_KEY) for image in images] for images in outputs]
+        revised = [revised_prompt(images) for images in outputs]
         self.metrics.stage_seconds.labels("encode").observe(time.monotonic() - encode_started)
         finish_started = time.monotonic()
-        for r, pngs, job_scores in zip(running, results, scores, strict=True):
+        for r, pngs, job_scores, job_revised in zip(running, results, scores, revised, strict=True):
             if r.job.id in progress.stopped:
                 self._end(r.job, "cancelled")
             else:
                 self._end(r.job, "succeeded", images=pngs, warnings=r.prepared.warnings, attempt=r,
-                          scores=job_scores if any(score is not None for score in job_scores) else None)
+                          scores=job_scores if any(score is not None for score in job_scores) else None,
+                          revised_prompt=job_revised)
         self.metrics.stage_seconds.labels("finish").observe(time.monotonic() - finish_started)
         return len(running)
 
@@ -199,8 +201,10 @@ class Worker:
         warnings: Sequence[str] = (),
         attempt: RunningJob | None = None,
         scores: Sequence[float | None] | None = None,
+        revised_prompt: str | None = None,
     ) -> None:
-        ended = self.queue.finish(job.id, job.claim.entry, status, images, error, warnings, scores)
+        ended = self.queue.finish(job.id, job.claim.entry, status, images, error, warnings, scores,
+                                  revised_prompt)
         self.lease.discard([job.claim.entry])
         if ended:
             self.metrics.jobs.labels(job.op, status).inc()

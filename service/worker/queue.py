@@ -173,13 +173,16 @@ class WorkerQueue:
         error: str | None = None,
         warnings: Sequence[str] = (),
         scores: Sequence[float | None] | None = None,
+        revised_prompt: str | None = None,
     ) -> bool:
         """Ends the job (results, TTL, dead letter when failed) and acknowledges its entry. False when
-        it had ended already (a cancel or another worker got there first). `scores`: best_of's, per image."""
+        it had ended already (a cancel or another worker got there first). `scores`: best_of's, per image;
+        `revised_prompt`: the prompt the pipeline drew instead of the given one (None: drawn as given)."""
         keys = [job_key(job_id), counts_key(self.stream), self.stream, dead_letter_key(self.stream)]
         keys += [result_key(job_id, index) for index in range(len(images))]
         args = [GROUP, entry or "", status, error or "", self.settings.result_ttl_seconds,
-                json.dumps(list(warnings)), json.dumps(list(scores)) if scores is not None else "", *images]
+                json.dumps(list(warnings)), json.dumps(list(scores)) if scores is not None else "",
+                revised_prompt or "", *images]
         return bool(int(self._finish(keys=keys, args=args)))
 
     def acknowledge(self, entry: str) -> None:

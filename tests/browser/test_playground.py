@@ -1,5 +1,6 @@
 """The playground in a real headless Chromium (Debian's `chromium` + `chromium-driver`, driven by Selenium),
-against a real `unclip serve` (embedded Redis, one worker, the shipped checkpoint) with API keys on.
+against a real `unclip serve` (embedded Redis, one worker, the shipped checkpoint) with API keys on; two
+tests run `unclip gateway` instead: one with a full queue, one with the service tests' fake worker.
 
 Each test starts from a fresh load of the page (the gallery survives in sessionStorage, as it does for a
 user who reloads) and ends with two checks of everything the browser did: the console holds no error
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from itertools import pairwise
 from pathlib import Path
 
@@ -34,6 +36,8 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
 from service.redis_server import free_port
+from service.settings import Settings
+from tests.service.fake_worker import fake_worker
 
 REPO = Path(__file__).resolve().parents[2]
 API_KEY = "playground-test-key"
@@ -408,9 +412,25 @@ def test_without_the_key_the_401_shows_at_the_key_field(page: Page) -> None:
 @pytest.fixture
 def full_queue(redis_url: str, tmp_path: Path) -> Iterator[str]:
     """`unclip gateway` alone, whose queue counts as full from the first job (backlog limit 0)."""
+    with unclip_gateway(redis_url, tmp_path, UNCLIP_BACKLOG_LIMIT="0") as url:
+        yield url
+
+
+@pytest.fixture
+def fake_served(redis_url: str, tmp_path: Path) -> Iterator[str]:
+    """`unclip gateway` with the service tests' fake worker in this process (tests/service/fake_worker.py):
+    its jobs end in milliseconds, and it draws a prompt that is not lowercase with single spaces as
+    rewritten into that form (the job's revised_prompt)."""
+    with unclip_gateway(redis_url, tmp_path) as url, fake_worker(Settings(redis_url=redis_url)):
+        yield url
+
+
+@contextmanager
+def unclip_gateway(redis_url: str, tmp_path: Path, **settings: str) -> Iterator[str]:
+    """`unclip gateway` on a free port with these UNCLIP_* settings, no API keys; yields its URL."""
     port = free_port()
     env = {name: value for name, value in os.environ.items() if not name.startswith("UNCLIP_")}
-    env |= {"UNCLIP_BACKLOG_LIMIT": "0", "UNCLIP_LOG_LEVEL": "warning"}
+    env |= {"UNCLIP_LOG_LEVEL": "warning", **settings}
     with open(tmp_path / "gateway.log", "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "gateway", "--port", str(port), "--redis-url", redis_url],
@@ -448,6 +468,26 @@ def test_a_full_queue_gets_a_429_and_the_button_waits_out_retry_after(
     page.wait(lambda: page.text("#form-error") != message, 5, "the countdown to tick")
     check_console(driver, ["429"])
     check_same_origin(driver, full_queue)
+
+
+def test_a_rewritten_prompt_shows_under_the_picture_as_text(
+    driver: webdriver.Chrome, fake_served: str
+) -> None:
+    page = open_page(driver, fake_served, "")
+    page.choose_op("generate")
+    page.choose_size(64)
+    page.type_into("#prompt", "A <b>Red</b>  Circle")
+    page.submit_and_wait()
+    revised = page.find("#result-revised")
+    assert revised.is_displayed() and revised.text == "Drawn as: a <b>red</b> circle"
+    assert page.find_all("#result-revised *") == []  # text content, not markup
+    page.type_into("#prompt", "a red circle")  # drawn as given: its job has no revised_prompt
+    page.submit_and_wait()
+    shown = page.chrome.execute_script(
+        "const p = document.querySelector('#result-revised'); return [p.hidden, p.textContent]")
+    assert shown == [True, ""]
+    check_console(driver, [])
+    check_same_origin(driver, fake_served)
 
 
 def test_screenshots_at_desktop_and_phone_width(page: Page, tmp_path: Path) -> None:

@@ -35,10 +35,12 @@ def copy_checkpoint(source: Path, target: Path) -> Path:
 
 def test_init_writes_every_file_and_the_config(folder: Path) -> None:
     names = {path.name for path in folder.iterdir()}
-    weights = {f"{name}.safetensors" for name in COMPONENTS if name != "sr256_last"}  # optional: not in tiny
+    optional = ("sr256_last", "reader")  # not in tiny
+    weights = {f"{name}.safetensors" for name in COMPONENTS if name not in optional}
     assert names == {CONFIG_FILE, "vocab.json", "merges.txt", *weights}
     assert read_config(folder) == named_config("tiny")
-    assert load_checkpoint(folder).sr256_last is None
+    models = load_checkpoint(folder)
+    assert models.sr256_last is None and models.reader is None
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ import torch
 
 from models.checkpoint import CONFIG_FILE, DEFAULT_FOLDER, default_checkpoint, load_checkpoint
 from models.pipeline import UnCLIPPipeline
-from models.train.evaluate import evaluate_generation, evaluate_operations, held_out_prompts
+from models.train.evaluate import evaluate_generation, evaluate_operations, evaluate_reading, held_out_prompts
 
 PROMPTS = 12  # held-out one-shape prompts (and as many two-shape ones), never a training caption
 
@@ -40,6 +40,23 @@ def test_held_out_prompts_get_their_colours_and_kinds(pipeline: UnCLIPPipeline) 
     assert one_shape.rate("colour") >= 0.9, one_shape.line("one shape")
     assert one_shape.rate("kind") >= 0.9, one_shape.line("one shape")
     assert two_shapes.rate() >= 0.4, two_shapes.line("two shapes")
+
+
+@pytest.mark.parametrize(("prompt_set", "floor"), [("phrasings", 0.95), ("structures", 0.8)])
+def test_the_reader_reads_wordings_and_structures_no_training_caption_holds(
+    pipeline: UnCLIPPipeline, prompt_set: str, floor: float
+) -> None:
+    assert pipeline.reader is not None
+    prompts = [p for repeat in range(3) for p in held_out_prompts(40, repeat, prompt_set)]
+    for category, result in evaluate_reading(pipeline.reader, pipeline.models.tokenizer, prompts).items():
+        assert result.rate() >= floor, result.line(category)
+
+
+def test_what_people_type_is_drawn_as_the_captions_it_reads(pipeline: UnCLIPPipeline) -> None:
+    prompts = held_out_prompts(PROMPTS, seed=1, prompt_set="phrasings")
+    results = evaluate_generation(pipeline, prompts, size=64, seed=1, batch=PROMPTS)
+    assert results["one shape"].rate() >= 0.9, results["one shape"].line("one shape")
+    assert results["two shapes"].rate() >= 0.4, results["two shapes"].line("two shapes")
 
 
 def test_operations_keep_what_they_should(pipeline: UnCLIPPipeline) -> None:

@@ -69,6 +69,16 @@ def test_generate_writes_numbered_pngs_and_shows_progress(
     assert "truncated" not in captured.err
 
 
+def test_generate_says_what_the_shipped_model_drew_when_it_rewrote_the_prompt(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    prompt = "Show me a triangle that is RED, please!"
+    assert main(["generate", prompt, *FAST, "-o", str(tmp_path / "t.png")]) == 0
+    assert "drew 'a red triangle'" in capsys.readouterr().out
+    assert main(["generate", "a red triangle", *FAST, "-o", str(tmp_path / "t.png")]) == 0
+    assert "drew" not in capsys.readouterr().out  # its own caption: drawn as given
+
+
 def test_generate_warns_about_a_truncated_prompt(
     checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

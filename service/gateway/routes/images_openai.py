@@ -237,11 +237,12 @@ async def response_for(
     store: JobStore, job: Job, owner: str, base_url: str, size: str, response_format: str, deadline: float
 ) -> OpenAIImagesResponse:
     delivered = DELIVERED_SIZE[size]
+    revised = job.revised_prompt  # one per job: every item drew it
     data = []
     for index in range(job.image_count):
         if response_format == "url":
             query = f"?size={delivered}" if delivered != PIPELINE_SIZE[size] else ""
-            data.append(OpenAIImage(url=image_url(base_url, job.id, index) + query))
+            data.append(OpenAIImage(url=image_url(base_url, job.id, index) + query, revised_prompt=revised))
             continue
         png = await retrying(lambda index=index: store.image(job.id, index, owner), deadline)
         if png is None:
@@ -250,7 +251,7 @@ async def response_for(
             )
         if delivered != PIPELINE_SIZE[size]:
             png = await images.off_loop(images.downscale, png, delivered)
-        data.append(OpenAIImage(b64_json=base64.b64encode(png).decode("ascii")))
+        data.append(OpenAIImage(b64_json=base64.b64encode(png).decode("ascii"), revised_prompt=revised))
     return OpenAIImagesResponse(created=int(job.finished_at or time.time()), data=data, size=size)
 
 

@@ -163,6 +163,7 @@ def job_view(job: Job, base_url: str) -> JobOut:
         image_count=job.image_count,
         images=[image_url(base_url, job.id, index) for index in range(job.image_count)],
         scores=job.scores,
+        revised_prompt=job.revised_prompt,
         url=f"{base_url}/v1/jobs/{job.id}",
         events_url=f"{base_url}/v1/jobs/{job.id}/events",
     )

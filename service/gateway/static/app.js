@@ -582,6 +582,10 @@ function showResult(job, items) {
   const meta = $("#result-meta");
   meta.textContent = `${job.op.replace("_", " ")} · ${job.params.size} px · seed ${job.params.seed} · ${seconds} s`;
   meta.hidden = false;
+  // the model may have drawn a rewrite of the prompt (the job's revised_prompt): say so, as text
+  const revised = $("#result-revised");
+  revised.textContent = job.revised_prompt ? `Drawn as: ${job.revised_prompt}` : "";
+  revised.hidden = !job.revised_prompt;
   const grid = $("#result-grid");
   const strip = $("#strip");
   grid.replaceChildren();

@@ -10,6 +10,7 @@ from models.train.readings import cross_readings, trained_prompts
 
 def test_the_prompt_read_by_both_is_what_generate_draws_and_templates_are_read_apart() -> None:
     pipeline = UnCLIPPipeline.from_checkpoint(None, device="cpu", dtype="float32")
+    pipeline.reader = None  # the readings are of the stack itself: generation without the prompt reader
     prompts = [p for p in held_out_prompts(2, 0, "phrasings") if p.category == "two shapes"]
     read = []
     text = pipeline._text

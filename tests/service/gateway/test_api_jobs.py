@@ -270,6 +270,26 @@ def test_best_of_reports_a_score_per_image(gateway_and_worker):
     assert plain["scores"] is None
 
 
+def test_a_rewritten_prompt_is_the_jobs_revised_prompt(redis_url):
+    # The fake worker's prompt reader rewrites "A Red  Circle" as "a red circle" and leaves "a red circle"
+    # as it is; both jobs share one pipeline call, each keeps its own.
+    settings = gateway_settings(redis_url)
+    with live_gateway(settings) as gateway, httpx.Client(base_url=gateway.url, timeout=20) as client:
+        body = {"op": "generate", "n": 2, "size": 64}
+        rewritten = client.post("/v1/jobs", json={**body, "prompt": "A Red  Circle"}).json()
+        as_given = client.post("/v1/jobs", json={**body, "prompt": "a red circle"}).json()
+        assert rewritten["revised_prompt"] is None  # queued: nothing drawn yet
+        with client.stream("GET", rewritten["events_url"]) as stream, fake_worker(settings):
+            events = read_events(stream)  # the worker starts after the stream is open
+            plain = wait_for_job(client, as_given["url"])
+        done = client.get(rewritten["url"]).json()
+    final = events[-1][1]  # the published final state
+    assert final["status"] == "succeeded" and final["revised_prompt"] == "a red circle"
+    assert done["status"] == "succeeded" and done["revised_prompt"] == "a red circle"
+    assert done["params"]["prompt"] == "A Red  Circle"  # the job's own prompt stays as given
+    assert plain["status"] == "succeeded" and plain["revised_prompt"] is None
+
+
 @pytest.mark.parametrize("best_of", [0, 9, 2.5, True])
 def test_best_of_out_of_range_is_422(idle_gateway, best_of):
     response = idle_gateway.post("/v1/jobs", json={"op": "generate", "prompt": "x", "best_of": best_of})

@@ -51,6 +51,17 @@ def test_a_body_that_is_no_json_object_is_a_clear_422(client, content, message):
     assert message in response.json()["detail"][0]["msg"]
 
 
+def test_a_body_that_is_not_utf8_is_a_clear_422_not_an_undocumented_400(client):
+    response = client.post("/v1/jobs", content=b"[\xff", headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert "send a JSON object in UTF-8" in response.json()["detail"][0]["msg"]
+    openai = client.post(
+        "/v1/images/generations", content=b"{\xff", headers={"content-type": "application/json"}
+    )
+    assert openai.status_code == 400
+    assert "send a JSON object in UTF-8" in openai.json()["error"]["message"]
+
+
 def test_the_openai_route_says_the_body_is_no_json(client):
     response = client.post("/v1/images/generations", content=b"{bad",
                            headers={"content-type": "application/json"})

@@ -42,6 +42,15 @@ def gateway(redis_url: str) -> Iterator[Gateway]:
         yield Gateway(live.url)
 
 
+@pytest.fixture
+def slow_gateway(redis_url: str) -> Iterator[Gateway]:
+    """Each image takes the worker 0.1 s: a job ends while the gateway waits on it, so the answer is made
+    from the job's published final state, as for a real model's jobs (a quick one may end before that)."""
+    settings = gateway_settings(redis_url, api_keys=[KEY])
+    with live_gateway(settings) as live, fake_worker(settings, step_delay=0.1):
+        yield Gateway(live.url)
+
+
 def decoded(b64_json: str | None) -> Image.Image:
     assert b64_json
     return Image.open(io.BytesIO(base64.b64decode(b64_json)))
@@ -63,6 +72,30 @@ def test_generate_url_points_at_a_png_of_the_size(gateway, size):
     (item,) = result.data
     assert item.b64_json is None and item.url.startswith(f"{gateway.url}/v1/jobs/")
     assert gateway.fetch(item.url).size == (SIZES[size], SIZES[size])
+
+
+@pytest.mark.parametrize("response_format", ["url", "b64_json"])
+def test_generate_returns_the_prompt_the_model_drew(slow_gateway, response_format):
+    # The fake worker's prompt reader rewrites a prompt into lowercase with single spaces.
+    gateway = slow_gateway
+    result = gateway.client.images.generate(
+        prompt="A Red  Circle", n=2, size="64x64", response_format=response_format
+    )
+    assert [item.revised_prompt for item in result.data] == ["a red circle", "a red circle"]
+    as_given = gateway.client.images.generate(
+        prompt="a red circle", size="64x64", response_format=response_format
+    )
+    assert as_given.data[0].revised_prompt is None
+
+
+def test_edit_returns_the_prompt_the_model_drew(slow_gateway):
+    result = slow_gateway.client.images.edit(
+        image=("photo.png", rgba_with_hole((32, 32), HOLE), "image/png"),
+        prompt="A Cat",
+        size="64x64",
+        response_format="url",
+    )
+    assert result.data[0].revised_prompt == "a cat"
 
 
 def assert_hole_repainted(image: Image.Image) -> None:

@@ -47,7 +47,7 @@ def run_script(client: redis.Redis, name: str, job_id: str, to: str = "") -> Non
         client.register_script(lua.NOTE_ERROR_LUA)(keys=[key], args=["boom"])
     elif name == "finish":
         keys = [key, counts, STREAM, dead_letter_key(STREAM), result_key(job_id, 0)]
-        client.register_script(lua.FINISH_LUA)(keys=keys, args=[GROUP, "", to, "", TTL, "[]", "", b"png"])
+        client.register_script(lua.FINISH_LUA)(keys=keys, args=[GROUP, "", to, "", TTL, "[]", "", "", b"png"])
     else:
         raise ValueError(name)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from models.contract import REVISED_PROMPT_KEY
 from service.jobs.layout import GROUP, dead_letter_key, job_key, result_key
 from service.settings import Settings
 from service.worker.metrics import WorkerMetrics
@@ -175,6 +176,30 @@ def test_truncated_prompts_are_warnings_on_the_job(redis_url: str, client: redis
         state = wait_for_status(client, job_id)
     assert state["status"] == "succeeded"
     assert state["warnings"] == ["prompt is longer than the text encoder's context; it was truncated"]
+
+
+class RewritingPipeline(FakePipeline):
+    """Draws item s of a prompt as "PROMPT (drawn s)" when s is odd, and even items as given (no key)."""
+
+    def generate(self, prompts, seeds, sampling, progress=None):
+        images = super().generate(prompts, seeds, sampling, progress)
+        for image, prompt, seed in zip(images, prompts, seeds, strict=True):
+            if seed % 2:
+                image.info[REVISED_PROMPT_KEY] = f"{prompt} (drawn {seed})"
+        return images
+
+
+def test_a_job_keeps_the_first_revised_prompt_its_images_carry(redis_url: str, client: redis.Redis) -> None:
+    settings = worker_settings(redis_url)
+    rewritten = submit(settings, "generate", generate(seed=10, n=3, prompt="a cat"))  # items 10, 11, 12
+    as_given = submit(settings, "generate", generate(seed=20, n=1, prompt="a dog"))
+    pipeline = RewritingPipeline()
+    with worker_thread(settings, pipeline):
+        states = [wait_for_status(client, job_id) for job_id in (rewritten, as_given)]
+    assert [call["seeds"] for call in pipeline.calls] == [[10, 11, 12, 20]]  # one call for both
+    assert [state["status"] for state in states] == ["succeeded", "succeeded"]
+    assert states[0]["revised_prompt"] == "a cat (drawn 11)"
+    assert "revised_prompt" not in states[1]
 
 
 def test_worker_metrics_count_jobs_batches_and_stages(redis_url: str, client: redis.Redis) -> None:
