@@ -5,6 +5,9 @@ started from a DDIM-inverted image) → upsamplers up to `sampling.size`. Batch 
 a torch.Generator seeded from its seed and every random number it uses comes from that stream, so an
 item's output depends only on its inputs and its seed, never on the rest of the batch.
 
+A checkpoint with a prompt reader (models/reader.py) has `generate` and `inpaint` draw its rewrite of each
+prompt into the captions it draws best; such images carry the rewrite in `info[REVISED_PROMPT_KEY]`.
+
 Stage sizes are the checkpoint's (`decoder.image_size`, `sr256.image_size`, ...): 64, 256 and 1024 for
 every real checkpoint; `sampling.size` names the stage to stop after.
 

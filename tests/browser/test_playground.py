@@ -290,6 +290,15 @@ def test_generate_shows_live_progress_and_the_picture(page: Page) -> None:
     assert page.find("#job-progress").is_displayed() is False
 
 
+def test_the_shipped_model_says_what_it_drew_for_a_prompt_in_other_words(page: Page) -> None:
+    page.choose_op("generate")
+    page.choose_size(64)
+    page.type_into("#prompt", "Draw a circle that is red, on white!")
+    page.fast_sampling(prior_steps=5, decoder_steps=10)
+    page.submit_and_wait()
+    assert page.text("#result-revised") == "Drawn as: a red circle on a white background"
+
+
 def test_inpaint_with_a_mask_painted_on_the_canvas(page: Page) -> None:
     page.ensure_gallery_image()
     page.choose_op("inpaint")
@@ -496,7 +505,7 @@ def test_screenshots_at_desktop_and_phone_width(page: Page, tmp_path: Path) -> N
     assert page.gallery() == [] and page.find("#gallery-empty").is_displayed()
     page.choose_op("generate")
     page.choose_size(64)
-    page.type_into("#prompt", PROMPT)
+    page.type_into("#prompt", "Draw a circle that is red, on white!")  # shows what the model drew
     page.type_into("#seed", "3")
     page.submit_and_wait()
     page.choose_op("inpaint")
