@@ -90,7 +90,7 @@ class PromptReader(nn.Module):
         self.slots = nn.Parameter(0.02 * torch.randn(SLOTS, width))
         self.transformer = Transformer(width, config.layers, config.heads, 4 * width, "gelu")
         self.ln_final = LayerNorm(width)
-        # Pointers: a query per (slot, pointer) against the word keys, and a NONE logit.
+        # Pointers: a query (from the slot's state) per pointer against the word keys, and a NONE logit.
         self.queries = nn.ModuleDict({name: nn.Linear(width, width) for name in POINTERS})
         self.keys = nn.Linear(width, width)
         self.nones = nn.ModuleDict({name: nn.Linear(width, 1) for name in POINTERS})

@@ -56,7 +56,7 @@ def test_the_shipped_checkpoint_is_marked_shipped() -> None:
     capabilities = read_capabilities(DEFAULT_FOLDER)
     assert capabilities.shipped and capabilities.imported_from is None
     assert capabilities.operations == OPERATIONS and capabilities.largest_size == 1024
-    assert set(capabilities.parameters) == {"clip", "prior", "decoder", "sr256", "sr1024"}
+    assert set(capabilities.parameters) == {"clip", "prior", "decoder", "sr256", "sr1024", "reader"}
 
 
 def test_an_image_operation_on_a_text_only_checkpoint_is_refused(tmp_path: Path) -> None:
