@@ -70,7 +70,7 @@ def cross_readings(
     """(what the prior read, what the decoder read) → two-shape results over `prompts`."""
     rng = random.Random(f"readings/{seed}")
     templates = [shapes.write_caption(p.spec, rng) for p in prompts]
-    sampling = pipeline.sampling(size=SIZE)
+    sampling = pipeline.sampling(size=SIZE, best_of=1)  # one picture per reading, no ranking
     guidance = sampling.decoder_image_guidance  # the prior's z_i's own scale, as `generate` uses
     results = {(prior, decoder): CategoryResult() for prior in WORDINGS for decoder in WORDINGS}
     for offset, group in zip(range(0, len(prompts), batch), batches(prompts, batch), strict=True):

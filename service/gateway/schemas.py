@@ -119,13 +119,14 @@ class GenerateRequest(SamplingParams):
         "keeps decoder_guidance. Unset: the checkpoint's default (3 for the shipped model; a checkpoint "
         "without one: decoder_guidance, plain classifier-free guidance).",
     )
-    best_of: int = Field(
-        1,
+    best_of: int | None = Field(
+        None,
         ge=1,
         le=MAX_BEST_OF,
         description="Candidates made per image; the one whose CLIP image embedding is nearest the prompt's "
         "is kept, and the job's `scores` give each kept image's cosine similarity. Candidate k of image i "
-        "has its own seed drawn from (seed + i, k), so an image does not depend on its batch.",
+        "has its own seed drawn from (seed + i, k), so an image does not depend on its batch. Unset: the "
+        "checkpoint's default (4 for the shipped model, 1 for a checkpoint without one).",
     )
 
 

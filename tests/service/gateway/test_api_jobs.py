@@ -222,9 +222,10 @@ def test_past_the_backlog_new_jobs_get_429_with_retry_after(idle_gateway):
     assert "queue is full" in refused.json()["detail"]
 
 
-def read_events(response: httpx.Response) -> list[tuple[str, dict[str, Any]]]:
+def read_events(source: httpx.Response | Iterator[str], limit: int = 0) -> list[tuple[str, dict[str, Any]]]:
+    """The server-sent events of a response (or of its lines, read on from where they are), up to `limit`."""
     events, name, data = [], None, None
-    for line in response.iter_lines():
+    for line in source.iter_lines() if isinstance(source, httpx.Response) else source:
         if line.startswith("event: "):
             name = line.removeprefix("event: ")
         elif line.startswith("data: "):
@@ -232,6 +233,8 @@ def read_events(response: httpx.Response) -> list[tuple[str, dict[str, Any]]]:
         elif line == "" and name is not None:
             events.append((name, data))
             name = data = None
+            if len(events) == limit:
+                break
     return events
 
 
@@ -241,8 +244,10 @@ def test_events_stream_progress_in_order_then_the_final_status(redis_url):
         job = client.post("/v1/jobs", json={"op": "generate", "prompt": "x", "n": 3, "size": 64}).json()
         with client.stream("GET", job["events_url"]) as stream:
             assert stream.headers["content-type"].startswith("text/event-stream")
-            with fake_worker(settings):  # starts after the stream is open: every change is seen
-                events = read_events(stream)
+            lines = stream.iter_lines()
+            first = read_events(lines, limit=1)  # the job as the stream found it, before any worker
+            with fake_worker(settings):  # so every change is seen
+                events = first + read_events(lines)
         replay = client.get(f"/v1/jobs/{job['id']}/events")  # a finished job: its final status only
     names = [name for name, _ in events]
     assert names[0] == "progress" and events[0][1]["status"] == "queued"
