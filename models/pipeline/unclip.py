@@ -137,8 +137,7 @@ class UnCLIPPipeline:
         with best_of 1."""
         _same_length(prompts=prompts, seeds=seeds)
         self._check_size(sampling)
-        revised = self.revised_prompts(prompts)
-        prompts = [r or p for r, p in zip(revised, prompts, strict=True)]
+        prompts, revised = self._read(prompts)
         k = sampling.best_of
         if k > 1 and self.models.clip.visual is None:
             raise ValueError(NO_RANKING)
@@ -234,8 +233,8 @@ class UnCLIPPipeline:
             return KnownRegion(self._pixels(images, size), known_regions(masks, size, self.device))
 
         generators = item_generators(seeds, self.device)
-        revised = self.revised_prompts(prompts)
-        text = self._text([r or p for r, p in zip(revised, prompts, strict=True)])
+        drawn, revised = self._read(prompts)
+        text = self._text(drawn)
         region = region_at(self._decoder_size)
         no_image_embed = text.embeds.new_zeros(len(prompts), self.models.config.clip.embed_dim)
         condition = DecoderCondition(no_image_embed, text.states, text.mask)
@@ -310,9 +309,10 @@ class UnCLIPPipeline:
 
     # Stages -----------------------------------------------------------------------------------------
 
-    def revised_prompts(self, prompts: list[str]) -> list[str | None]:
-        """Per prompt, the caption the reader rewrote it into, or None: drawn as given."""
-        return revise(self.reader, self.models.tokenizer, prompts)
+    def _read(self, prompts: list[str]) -> tuple[list[str], list[str | None]]:
+        """The prompts to draw, and per prompt the caption the reader rewrote it into (None: as given)."""
+        revised = revise(self.reader, self.models.tokenizer, prompts)
+        return [r or p for r, p in zip(revised, prompts, strict=True)], revised
 
     def _text(self, prompts: list[str]) -> TextEncoding:
         return encode_text(self.models.clip, self.models.tokenizer, prompts, self.device)
