@@ -2,8 +2,9 @@
 small enough to ship, and drawing what its prompts say (the whole stack's end-to-end check, at 64 px
 so that it runs in seconds).
 
-The thresholds are what the shipped weights hold with room to spare (these prompts: backgrounds, colours
-and kinds 12/12, two-shape prompts 7/12; README, "The shipped model", for the full evaluation), far
+The thresholds are what the shipped weights hold with room to spare (these prompts, in the checkpoint's
+default sampling, 8 candidates ranked: one shape 11/12 and 12/12 right, two shapes 11/12 and 10/12;
+README, "The shipped model", for the full evaluation), far
 above chance (1 in 8 colours, 1 in 3 kinds, far less for two bound shapes): a broken stage, conditioning
 or sampler falls to chance. Raise them as training goes on."""
 
@@ -39,7 +40,7 @@ def test_held_out_prompts_get_their_colours_and_kinds(pipeline: UnCLIPPipeline) 
     assert one_shape.rate("background") >= 0.9, one_shape.line("one shape")
     assert one_shape.rate("colour") >= 0.9, one_shape.line("one shape")
     assert one_shape.rate("kind") >= 0.9, one_shape.line("one shape")
-    assert two_shapes.rate() >= 0.4, two_shapes.line("two shapes")
+    assert two_shapes.rate() >= 0.6, two_shapes.line("two shapes")
 
 
 @pytest.mark.parametrize(("prompt_set", "floor"), [("phrasings", 0.95), ("structures", 0.8)])
@@ -56,7 +57,7 @@ def test_what_people_type_is_drawn_as_the_captions_it_reads(pipeline: UnCLIPPipe
     prompts = held_out_prompts(PROMPTS, seed=1, prompt_set="phrasings")
     results = evaluate_generation(pipeline, prompts, size=64, seed=1, batch=PROMPTS)
     assert results["one shape"].rate() >= 0.9, results["one shape"].line("one shape")
-    assert results["two shapes"].rate() >= 0.4, results["two shapes"].line("two shapes")
+    assert results["two shapes"].rate() >= 0.6, results["two shapes"].line("two shapes")
 
 
 def test_operations_keep_what_they_should(pipeline: UnCLIPPipeline) -> None:
