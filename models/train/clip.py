@@ -16,7 +16,7 @@ from models.checkpoint import UnCLIPModels
 from models.tokenizer import Tokenizer
 from models.train import data, shapes
 from models.train.losses import contrastive_loss
-from models.train.stage import Batch, Stage, TrainingData, pick
+from models.train.stage import Batch, Stage, pick
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps its temperature so the logits cannot blow up
 
@@ -77,15 +77,8 @@ class TextProjectionStage(CLIPStage):
     name = "clip_projection"
     component = "clip"
 
-    def __init__(
-        self,
-        models: UnCLIPModels,
-        training_data: TrainingData,
-        device: torch.device,
-        reference: UnCLIPModels | None = None,
-    ) -> None:
-        super().__init__(models, training_data, device, reference)
-        self.start = models.clip.text_projection.detach().clone()  # [W, E], the projection it starts from
+    def setup(self, reference: UnCLIPModels | None) -> None:
+        self.start = self.models.clip.text_projection.detach().clone()  # [W, E], where the refit starts
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return [self.models.clip.text_projection]

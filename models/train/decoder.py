@@ -22,7 +22,7 @@ from models.pipeline.latents import slerp
 from models.train import data, shapes
 from models.train.clip import encode_captions
 from models.train.losses import TrainingSchedule, diffusion_loss
-from models.train.stage import Batch, Stage, TrainingData, bernoulli, pick
+from models.train.stage import Batch, Stage, bernoulli, pick
 from models.unet import AttentionBlock, DecoderUNet
 
 IMAGE_DROPOUT = 0.1
@@ -131,15 +131,8 @@ class AnchoredDecoderStage(DecoderStage):
     name = "decoder_anchored"
     component = "decoder"
 
-    def __init__(
-        self,
-        models: UnCLIPModels,
-        training_data: TrainingData,
-        device: torch.device,
-        reference: UnCLIPModels | None = None,
-    ) -> None:
-        super().__init__(models, training_data, device, reference)
-        self.teacher = frozen_decoder(reference, self.name, device)
+    def setup(self, reference: UnCLIPModels | None) -> None:
+        self.teacher = frozen_decoder(reference, self.name, self.device)
 
     def loss(self, batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss, parts = super().loss(batch, generator)
@@ -207,17 +200,10 @@ class CaptionDecoderStage(DecoderStage):
     component = "decoder"
     image_dropout, text_dropout = 0.5, 0.0
 
-    def __init__(
-        self,
-        models: UnCLIPModels,
-        training_data: TrainingData,
-        device: torch.device,
-        reference: UnCLIPModels | None = None,
-    ) -> None:
-        super().__init__(models, training_data, device, reference)
-        self.teacher = frozen_decoder(reference, self.name, device)
-        if models.decoder.caption_encoder is None:
-            add_caption_encoder(models, CAPTION_LAYERS)
+    def setup(self, reference: UnCLIPModels | None) -> None:
+        self.teacher = frozen_decoder(reference, self.name, self.device)
+        if self.models.decoder.caption_encoder is None:
+            add_caption_encoder(self.models, CAPTION_LAYERS)
 
     def parameters(self) -> list[torch.nn.Parameter]:
         decoder = self.models.decoder

@@ -28,7 +28,7 @@ from models.reader import CLASSES, NONE, PromptReader
 from models.tokenizer import Tokenizer
 from models.train import captions, shapes
 from models.train.shapes import SceneSpec
-from models.train.stage import Batch, Stage, TrainingData
+from models.train.stage import Batch, Stage
 
 NOISE_RATE = 0.5  # captions that get made-up words inserted
 UNSCORED = -100  # F.cross_entropy's ignore_index
@@ -125,18 +125,12 @@ def reading_loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Tenso
 class ReaderStage(Stage):
     name = "reader"
 
-    def __init__(
-        self,
-        models: UnCLIPModels,
-        training_data: TrainingData,
-        device: torch.device,
-        reference: UnCLIPModels | None = None,
-    ) -> None:
-        super().__init__(models, training_data, device, reference)
+    def setup(self, reference: UnCLIPModels | None) -> None:
+        models = self.models
         if models.reader is None:  # a checkpoint without one gets a fresh reader
             config = reader_config(models.tokenizer)
             models.config.reader = config
-            models.reader = PromptReader(config).to(device)
+            models.reader = PromptReader(config).to(self.device)
 
     def make_batch(self, size: int, rng: random.Random) -> Batch:
         reader, rows = self.models.reader, []

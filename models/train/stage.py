@@ -86,6 +86,11 @@ class Stage(ABC):
     ) -> None:
         """`reference`: the `--init` checkpoint as it was loaded, for stages that hold a fine-tune to it."""
         self.models, self.data, self.device = models, training_data, device
+        self.setup(reference)
+
+    def setup(self, reference: UnCLIPModels | None) -> None:
+        """What a stage prepares once its models are set (a teacher, a component to add); none by default."""
+        return None
 
     @classmethod
     def trains(cls) -> str:
