@@ -143,7 +143,8 @@ class UnCLIPPipeline:
             raise ValueError(NO_RANKING)
         rows = [candidate_seed(seed, c) for seed in seeds for c in range(k)]  # item-major; k = 1: the seeds
         generators = item_generators(rows, self.device)
-        text = self._text([prompt for prompt in prompts for _ in range(k)])
+        encoded = self._text(prompts)  # once per prompt; its k candidate rows share it
+        text = TextEncoding(*(part.repeat_interleave(k, dim=0) for part in encoded))
         image_embed = self._prior(text, generators, sampling, progress)
         condition = DecoderCondition(image_embed, text.states, text.mask)
         x_T = self._noise(generators, self._decoder_size)
@@ -154,7 +155,7 @@ class UnCLIPPipeline:
         if k > 1:
             ranked_after = self._ranked_after(stages)
             x = self._upsample(x, generators, sampling, progress, stages=stages[:ranked_after])
-            scores, kept = self._rank(prompts, x, k)
+            scores, kept = self._rank(encoded.embeds, x, k)
             x, generators = x[kept], [generators[row] for row in kept]
             stages = stages[ranked_after:]
         images = tensor_to_images(self._upsample(x, generators, sampling, progress, stages=stages))
@@ -172,12 +173,12 @@ class UnCLIPPipeline:
             size = getattr(self.models.config, stage).image_size
         return len(stages)
 
-    def _rank(self, prompts: list[str], x: torch.Tensor, k: int) -> tuple[list[float], list[int]]:
-        """Per prompt, of its k consecutive candidate rows of x `[B * k, 3, s, s]` the one nearest it in
-        CLIP space: its cosine, and its row."""
-        scores = clip_scores(self._text(prompts).embeds, self._image_embeds(tensor_to_images(x)), k)
+    def _rank(self, text_embeds: torch.Tensor, x: torch.Tensor, k: int) -> tuple[list[float], list[int]]:
+        """Per prompt (its text embedding, a row of `[B, E]`), of its k consecutive candidate rows of x
+        `[B * k, 3, s, s]` the one nearest it in CLIP space: its cosine, and its row."""
+        scores = clip_scores(text_embeds, self._image_embeds(tensor_to_images(x)), k)
         best = scores.argmax(dim=1)  # [B]
-        kept = (torch.arange(len(prompts), device=best.device) * k + best).tolist()
+        kept = (torch.arange(len(text_embeds), device=best.device) * k + best).tolist()
         return scores.gather(1, best[:, None])[:, 0].tolist(), kept
 
     @torch.inference_mode()
